@@ -1,0 +1,43 @@
+"""Publish: the dataset card, written next to the data and shown in the UI."""
+
+from __future__ import annotations
+
+import base64
+
+import dagster as dg
+
+from dataset_assets.assets.quality import REPORT_NAME, dataset_verification
+from dataset_assets.assets.urls import FILTER_REPORT_NAME
+from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.partitions import shards_partitions
+from dataset_assets.reporting.card import CardInputs, build_card, card_spec, write_card
+from dataset_assets.resources import DatasetSpec
+
+
+@dg.asset(group_name="publish", deps=[dataset_verification], kinds={"markdown"})
+def dataset_card(context: dg.AssetExecutionContext, dataset: DatasetSpec) -> dg.MaterializeResult:
+    """DATASET_CARD.md: sources, spec, filters, totals, failures, etiquette, sample grid."""
+    output = OutputFolder(dataset.output_folder)
+    plan = OutputFolder(dataset.plan_root)
+    inputs = CardInputs(
+        title=dataset.card_title,
+        spec=card_spec(dataset.model_dump()),
+        shard_keys=sorted(context.instance.get_dynamic_partitions(shards_partitions.name)),
+        options=dataset.download_options(),
+        filter_report=plan.read_json(FILTER_REPORT_NAME) if plan.exists(FILTER_REPORT_NAME) else None,
+        verification=output.read_json(REPORT_NAME) if output.exists(REPORT_NAME) else None,
+    )
+    card = build_card(dataset.output_folder, inputs)
+    paths = write_card(dataset.output_folder, card)
+    shown = card.markdown
+    if card.grid_jpeg is not None:
+        inline = base64.b64encode(card.grid_jpeg).decode()
+        shown = shown.replace("](DATASET_CARD_samples.jpg)", f"](data:image/jpeg;base64,{inline})")
+    return dg.MaterializeResult(
+        metadata={
+            "card": dg.MetadataValue.md(shown),
+            "path": dg.MetadataValue.path(paths[-1]),
+            "images": int(card.totals["successes"]),
+            "success_rate": dg.MetadataValue.float(card.totals["success_rate"]),
+        }
+    )

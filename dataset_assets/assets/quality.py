@@ -1,0 +1,78 @@
+"""Verify: one pass over every shard, judged by asset checks.
+
+The asset does the expensive pass once and stores the report; each check reads the report of
+the same run. Checks whose failure makes the dataset unusable are blocking: the run fails and
+the dataset card is not written.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from dataset_assets.assets.shards import image_shards
+from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.partitions import shards_partitions
+from dataset_assets.reporting.verify import VerificationReport, verify_dataset
+from dataset_assets.resources import DatasetSpec
+
+REPORT_NAME = "verification.json"
+
+
+@dg.asset(group_name="verify", deps=[image_shards], kinds={"python"})
+def dataset_verification(context: dg.AssetExecutionContext, dataset: DatasetSpec) -> dg.MaterializeResult:
+    """Re-read every registered shard: completeness, row counts, decodability, keys, checksums."""
+    keys = sorted(context.instance.get_dynamic_partitions(shards_partitions.name))
+    report = verify_dataset(
+        dataset.output_folder,
+        keys,
+        dataset.download_options(),
+        shard_inputs_folder=dataset.shard_inputs_folder,
+        success_rate_floor=dataset.success_rate_floor,
+    )
+    OutputFolder(dataset.output_folder).write_json_atomic(REPORT_NAME, report.to_json())
+    return dg.MaterializeResult(
+        metadata={
+            "shards_expected": report.shards_expected,
+            "shards_complete": report.shards_complete,
+            "rows": report.rows,
+            "successes": report.successes,
+            "success_rate": dg.MetadataValue.float(report.success_rate),
+            "samples_decoded": report.samples_decoded,
+            "checks_failed": dg.MetadataValue.json(
+                sorted(name for name, outcome in report.checks.items() if not outcome.passed)
+            ),
+        }
+    )
+
+
+def load_report(dataset: DatasetSpec) -> VerificationReport:
+    return VerificationReport.from_json(OutputFolder(dataset.output_folder).read_json(REPORT_NAME))
+
+
+def _check(name: str, description: str, blocking: bool) -> dg.AssetChecksDefinition:
+    severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
+
+    @dg.asset_check(asset=dataset_verification, name=name, description=description, blocking=blocking)
+    def _evaluate(dataset: DatasetSpec) -> dg.AssetCheckResult:
+        outcome = load_report(dataset).checks[name]
+        return dg.AssetCheckResult(
+            passed=outcome.passed,
+            severity=severity,
+            description=outcome.summary,
+            metadata={
+                "problem_count": outcome.problem_count,
+                "problems": dg.MetadataValue.json(outcome.problems),
+            },
+        )
+
+    return _evaluate
+
+
+verification_checks = [
+    _check("shards_complete", "Every registered shard has its stats file (is committed).", blocking=True),
+    _check("rows_match_inputs", "Each shard's parquet has one row per input row.", blocking=True),
+    _check("samples_decode", "Every stored image decodes, with the size its metadata states.", blocking=True),
+    _check("keys_unique", "Sample keys are unique across the dataset.", blocking=True),
+    _check("checksums_match", "Shard files still match the sha256 recorded when written.", blocking=True),
+    _check("success_rate", "The dataset's success rate is at least success_rate_floor.", blocking=False),
+]

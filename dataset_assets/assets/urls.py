@@ -1,0 +1,71 @@
+"""Ingest: de-duplicate and filter the URL list, then cut it into shard inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import dagster as dg
+
+from dataset_assets.engine.storage import OutputFolder
+
+from dataset_assets.partitions import REGISTER_CHUNK, shards_partitions
+from dataset_assets.planning import filter_urls, write_shard_inputs
+from dataset_assets.resources import DatasetSpec
+
+# Kept beside the plan so the dataset card can cite the filter counts.
+FILTER_REPORT_NAME = "filter_report.json"
+
+
+@dg.asset(group_name="ingest", kinds={"duckdb", "parquet"})
+def filtered_urls(context: dg.AssetExecutionContext, dataset: DatasetSpec) -> dg.MaterializeResult:
+    """The input URL list, normalised, de-duplicated and filtered by the spec's rules (DuckDB)."""
+    report = filter_urls(
+        dataset.url_list, dataset.input_format, dataset.filtered_urls_path, dataset.filter_settings()
+    )
+    context.log.info(f"{report.rows_in} rows in, {report.rows_out} kept; removed: {report.removed}")
+    OutputFolder(dataset.plan_root).write_json_atomic(FILTER_REPORT_NAME, dataclasses.asdict(report))
+    return dg.MaterializeResult(
+        metadata={
+            "rows_in": report.rows_in,
+            "rows_out": report.rows_out,
+            "dagster/row_count": report.rows_out,
+            **{f"removed_{rule}": count for rule, count in report.removed.items()},
+            "removed_by_rule": dg.MetadataValue.json(report.removed),
+            "skipped_rules": dg.MetadataValue.json(report.skipped_rules),
+            "top_domains": dg.MetadataValue.md(
+                "| domain | rows |\n|---|---|\n"
+                + "\n".join(f"| {domain} | {count} |" for domain, count in report.top_domains)
+            ),
+            "path": dg.MetadataValue.path(dataset.filtered_urls_path),
+        }
+    )
+
+
+@dg.asset(group_name="ingest", deps=[filtered_urls], kinds={"duckdb", "parquet"})
+def url_shards(context: dg.AssetExecutionContext, dataset: DatasetSpec) -> dg.MaterializeResult:
+    """One parquet of ``number_sample_per_shard`` rows per shard, each registered as a partition.
+
+    Idempotent: unchanged shard inputs are not rewritten and known keys are not re-added, so
+    re-materialising after a partial download keeps every partition's history.
+    """
+    keys = write_shard_inputs(
+        dataset.filtered_urls_path,
+        dataset.shard_inputs_folder,
+        dataset.number_sample_per_shard,
+        dataset.oom_shard_count,
+    )
+    existing = set(context.instance.get_dynamic_partitions(shards_partitions.name))
+    new = [key for key in keys if key not in existing]
+    for start in range(0, len(new), REGISTER_CHUNK):
+        context.instance.add_dynamic_partitions(shards_partitions.name, new[start : start + REGISTER_CHUNK])
+    stale = sorted(existing - set(keys))
+    if stale:
+        context.log.warning(f"{len(stale)} registered shard(s) no longer in the plan, e.g. {stale[:5]}")
+    return dg.MaterializeResult(
+        metadata={
+            "num_shards": len(keys),
+            "new_shards": len(new),
+            "stale_shards": len(stale),
+            "shard_inputs": dg.MetadataValue.path(dataset.shard_inputs_folder),
+        }
+    )

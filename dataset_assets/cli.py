@@ -1,0 +1,144 @@
+"""``dataset-assets download``: an img2dataset command line, run by this engine.
+
+Every img2dataset option name is accepted with its syntax (``--opt value``, ``--opt=value``,
+``True``/``False`` booleans, JSON lists), so switching is a matter of the program name.
+Options that make no sense here (wandb, Spark) are accepted and ignored with a notice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+import types
+import typing
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from dataset_assets.engine import DownloadOptions, OptionError
+from dataset_assets.engine.download import download
+
+# img2dataset options without an effect here; accepted so existing command lines run.
+IGNORED_OPTIONS = {
+    "enable_wandb": "wandb logging is not supported; the stats json files hold the same figures",
+    "wandb_project": "wandb logging is not supported",
+    "distributor": "this CLI runs one machine; scale out with the Dagster assets instead",
+    "subjob_size": "only used by img2dataset's Spark distributor",
+    "max_shard_retry": "shards are resumable: re-run the same command to retry unfinished shards",
+}
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "y"):
+        return True
+    if lowered in ("false", "0", "no", "n", "none"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def _parse_list(text: str) -> list[str]:
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = [v.strip(" '\"") for v in text.strip("[]").split(",")]
+        return [str(v) for v in value]
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _parse_optional_str(text: str) -> str | None:
+    return None if text.strip().lower() in ("none", "null", "") else text
+
+
+def _parse_float(text: str) -> float:
+    return math.inf if text.strip().lower() in ("inf", "none") else float(text)
+
+
+def _converter(annotation: Any) -> Any:
+    """argparse type for a DownloadOptions field, derived from its annotation."""
+    hints = typing.get_type_hints(DownloadOptions)
+    hint = hints[annotation]
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        inner = [a for a in args if a is not type(None)][0]
+        if typing.get_origin(inner) is tuple:
+            return _parse_list
+        return _parse_optional_str if inner is str else inner
+    if origin is tuple:
+        return _parse_list
+    return {bool: _parse_bool, float: _parse_float, int: int, str: str}.get(hint, str)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dataset-assets", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    download_cmd = commands.add_parser("download", help="download a URL list into image shards")
+    download_cmd.add_argument("--url_list", required=True, help="file or folder of URL lists")
+    download_cmd.add_argument("--output_folder", default="images")
+    for field in dataclasses.fields(DownloadOptions):
+        if field.name == "extra":
+            continue
+        kind = _converter(field.name)
+        nargs = "?" if kind is _parse_bool else None
+        extra: dict[str, Any] = {"const": True} if kind is _parse_bool else {}
+        download_cmd.add_argument(f"--{field.name}", type=kind, nargs=nargs, default=None, **extra)
+    for name, why in IGNORED_OPTIONS.items():
+        download_cmd.add_argument(f"--{name}", default=None, help=f"ignored: {why}")
+    download_cmd.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> DownloadOptions:
+    values = {
+        name: getattr(args, name)
+        for name in DownloadOptions.field_names()
+        if getattr(args, name, None) is not None
+    }
+    if values.get("incremental_mode") == "extend":
+        raise OptionError("incremental_mode=extend is not supported: use a new output_folder")
+    return DownloadOptions.from_mapping(values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name, why in IGNORED_OPTIONS.items():
+        if getattr(args, name, None) is not None:
+            print(f"note: --{name} ignored: {why}", file=sys.stderr)
+    try:
+        options = options_from_args(args)
+    except OptionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    summary = download(args.url_list, args.output_folder, options, progress=not args.no_progress)
+    elapsed = time.monotonic() - started
+    _print_summary(summary, elapsed)
+    return 0
+
+
+def _print_summary(all_stats: list[Any], elapsed: float) -> None:
+    done = [s for s in all_stats if not s.skipped]
+    count = sum(s.count for s in done)
+    successes = sum(s.successes for s in done)
+    statuses: Counter[str] = Counter()
+    for stats in done:
+        statuses.update(stats.status_dict)
+    print(
+        f"{len(done)} shard(s) downloaded, {len(all_stats) - len(done)} already complete; "
+        f"{successes}/{count} images ({(successes / count if count else 0):.1%}) "
+        f"in {elapsed:.1f}s = {count / elapsed if elapsed else 0:.1f} rows/s"
+    )
+    failures = [(msg, n) for msg, n in statuses.most_common() if msg != "success"]
+    for message, number in failures[:10]:
+        print(f"  {number:>7}  {message}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The code location: every asset, check, job and schedule, bound to the dataset spec.
+
+The spec comes from the YAML file named by ``DATASET_SPEC`` (default: the bundled demo spec);
+any key can be overridden per run under ``resources.dataset.config``.
+"""
+
+import dagster as dg
+
+from dataset_assets.assets.card import dataset_card
+from dataset_assets.assets.quality import dataset_verification, verification_checks
+from dataset_assets.assets.shards import image_shards
+from dataset_assets.assets.urls import filtered_urls, url_shards
+from dataset_assets.schedules import download_shards_job, resume_missing_shards
+from dataset_assets.spec import load_spec
+
+defs = dg.Definitions(
+    assets=[filtered_urls, url_shards, image_shards, dataset_verification, dataset_card],
+    asset_checks=verification_checks,
+    jobs=[download_shards_job],
+    schedules=[resume_missing_shards],
+    resources={"dataset": load_spec()},
+    # Each shard's engine brings its own worker processes; a subprocess per step would only
+    # add seconds of start-up per run.
+    executor=dg.in_process_executor,
+)

@@ -1,0 +1,833 @@
+"""A loopback-only image web server that misbehaves on purpose.
+
+Tests, the benchmark and the README demo need a web that is reproducible and offline but still
+exercises the downloader's failure paths: slow hosts, trickling and truncated bodies, redirect
+chains and loops, error statuses, robots opt-outs. It also records what clients did to it
+(per-host concurrency, user agents, paths) so tests can assert politeness from the server's side,
+which is the only side that matters to a real site operator.
+
+Two hard guarantees, because a stray server must never outlive the process that wanted it or
+talk to anything but this machine:
+
+* it binds loopback addresses only (``127.0.0.0/8``; the config refuses anything else);
+* it stops by itself after ``max_lifetime_s``, and the subprocess variant also exits as soon as
+  its stdin closes, which happens when the parent dies.
+
+Routes (``{name}`` is one path segment, percent-decoded):
+
+``/img/{name}``                    the image, Content-Type from its extension, Content-Length set
+``/status/{code}``                 that status with a small HTML body (200..599)
+``/robots.txt``                    configurable text, allow-all by default
+``/html``                          a 200 ``text/html`` page (a "URL that is not an image")
+``/slow/{seconds}/{name}``         sleep (capped at 30 s), then the image
+``/trickle/{name}``                the full Content-Length, but one byte every 0.5 s
+``/redirect/{n}/{name}``           ``n`` 302 hops, then the image
+``/redirect-loop``                 302 to itself forever
+``/robots-tag/{directive}/{name}`` the image with ``X-Robots-Tag: {directive}``
+``/truncated/{name}``              full Content-Length declared, half the body sent, then closed
+``/_stats``                        JSON snapshot of :class:`ServerStats` (not itself recorded)
+
+The configured latency is added to every recorded request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import fnmatch
+import ipaddress
+import json
+import logging
+import math
+import os
+import random
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROBOTS_TXT = "User-agent: *\nDisallow:\n"
+MAX_SLOW_S = 30.0
+MAX_REDIRECT_HOPS = 100
+STATS_PATH = "/_stats"
+
+CONTENT_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".avif": "image/avif",
+    ".svg": "image/svg+xml",
+    ".txt": "text/plain",
+    ".html": "text/html",
+}
+
+_HTML_PAGE = """<!doctype html>
+<html><head><title>Not an image</title></head>
+<body><h1>This is a web page</h1><p>Image downloaders should reject this URL.</p>
+<img src="/img/000000.jpg" alt="a picture"></body></html>
+"""
+
+
+def content_type_for(name: str) -> str:
+    return CONTENT_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
+
+
+@dataclass
+class ServerConfig:
+    """How the server behaves; validated eagerly so a bad config fails in the caller's thread."""
+
+    latency_s: tuple[float, float] = (0.0, 0.0)
+    """Uniform random delay added before every response (simulates a distant host)."""
+    max_lifetime_s: float = 600.0
+    """Watchdog: the server stops after this long no matter what the caller does."""
+    host: str = "127.0.0.1"
+    port: int = 0
+    """0 picks a free ephemeral port."""
+    extra_hosts: int = 0
+    """Also listen on the next N loopback addresses (127.0.0.2, ...) with the same port, so
+    tests can exercise per-host politeness with distinct hostnames that all reach this server."""
+    robots_txt: str = DEFAULT_ROBOTS_TXT
+    trickle_interval_s: float = 0.5
+    max_recorded_paths: int = 10_000
+    seed: int | None = None
+    """Seed for the latency draws; None for a fresh random sequence."""
+
+    def __post_init__(self) -> None:
+        lo, hi = (float(x) for x in self.latency_s)
+        if not (0.0 <= lo <= hi and math.isfinite(hi)):
+            raise ValueError(f"latency_s must be 0 <= low <= high, got {self.latency_s!r}")
+        self.latency_s = (lo, hi)
+        if not (self.max_lifetime_s > 0 and math.isfinite(self.max_lifetime_s)):
+            raise ValueError("max_lifetime_s must be a positive, finite number of seconds")
+        if self.extra_hosts < 0 or not 0 <= self.port <= 65535:
+            raise ValueError("extra_hosts must be >= 0 and port in 0..65535")
+        for h in self.hosts:
+            ip = ipaddress.ip_address(h)
+            if ip.version != 4 or not ip.is_loopback:
+                raise ValueError(f"refusing to bind {h}: only IPv4 loopback (127.0.0.0/8) is allowed")
+        if self.trickle_interval_s <= 0:
+            raise ValueError("trickle_interval_s must be positive")
+
+    @property
+    def hosts(self) -> list[str]:
+        """All addresses the server listens on: ``host`` then ``extra_hosts`` consecutive ones."""
+        base = ipaddress.IPv4Address(self.host)
+        return [str(base + i) for i in range(self.extra_hosts + 1)]
+
+
+@dataclass
+class HostStats:
+    """Counters for one listening address, i.e. one "site" from the client's point of view."""
+
+    connections: int = 0
+    """TCP connections open right now."""
+    peak_connections: int = 0
+    total_connections: int = 0
+    in_flight: int = 0
+    """Requests being handled right now (latency included)."""
+    peak_in_flight: int = 0
+    requests: int = 0
+
+
+@dataclass
+class ServerStats:
+    total_requests: int = 0
+    hosts: dict[str, HostStats] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)
+    """Most recent request paths (with query), oldest first; bounded by max_recorded_paths."""
+    user_agents: dict[str, int] = field(default_factory=dict)
+
+    def host(self, host: str = "127.0.0.1") -> HostStats:
+        """Counters for ``host``; zeros if it never saw a connection."""
+        return self.hosts.get(host, HostStats())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServerStats:
+        return cls(
+            total_requests=int(data["total_requests"]),
+            hosts={h: HostStats(**v) for h, v in data["hosts"].items()},
+            paths=list(data["paths"]),
+            user_agents=dict(data["user_agents"]),
+        )
+
+
+class _Recorder:
+    """Counters mutated on the server loop and read from other threads, hence the lock."""
+
+    def __init__(self, max_paths: int) -> None:
+        self._lock = threading.Lock()
+        self._max_paths = max_paths
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            old = getattr(self, "_hosts", {})
+            # Keep what is open now so the in-progress counters stay consistent after a reset.
+            self._hosts = {
+                h: HostStats(
+                    connections=s.connections,
+                    peak_connections=s.connections,
+                    in_flight=s.in_flight,
+                    peak_in_flight=s.in_flight,
+                )
+                for h, s in old.items()
+            }
+            self._total = 0
+            self._paths: collections.deque[str] = collections.deque(maxlen=self._max_paths)
+            self._agents: collections.Counter[str] = collections.Counter()
+
+    def _host(self, host: str) -> HostStats:
+        s = self._hosts.get(host)
+        if s is None:
+            s = self._hosts[host] = HostStats()
+        return s
+
+    def connection_opened(self, host: str) -> None:
+        with self._lock:
+            s = self._host(host)
+            s.connections += 1
+            s.total_connections += 1
+            s.peak_connections = max(s.peak_connections, s.connections)
+
+    def connection_closed(self, host: str) -> None:
+        with self._lock:
+            s = self._host(host)
+            s.connections = max(0, s.connections - 1)
+
+    def request_started(self, host: str, path: str, user_agent: str) -> None:
+        with self._lock:
+            s = self._host(host)
+            s.requests += 1
+            s.in_flight += 1
+            s.peak_in_flight = max(s.peak_in_flight, s.in_flight)
+            self._total += 1
+            self._paths.append(path)
+            self._agents[user_agent] += 1
+
+    def request_finished(self, host: str) -> None:
+        with self._lock:
+            s = self._host(host)
+            s.in_flight = max(0, s.in_flight - 1)
+
+    def snapshot(self) -> ServerStats:
+        with self._lock:
+            return ServerStats(
+                total_requests=self._total,
+                hosts={h: dataclasses.replace(s) for h, s in self._hosts.items()},
+                paths=list(self._paths),
+                user_agents=dict(self._agents),
+            )
+
+
+def _local_host(transport: asyncio.BaseTransport | None) -> str:
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    return str(sockname[0]) if sockname else "?"
+
+
+class _UrlMixin:
+    """URL building shared by the in-thread and the subprocess server."""
+
+    _port: int | None
+    _hosts: list[str]
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("server is not started")
+        return self._port
+
+    @property
+    def hosts(self) -> list[str]:
+        """Loopback addresses the server listens on (all on :attr:`port`)."""
+        return list(self._hosts)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._hosts[0]}:{self.port}"
+
+    def url_for(self, path: str, host: str | None = None) -> str:
+        """Absolute URL of an arbitrary route, e.g. ``url_for("/status/404")``."""
+        host = self._hosts[0] if host is None else host
+        if host not in self._hosts:
+            raise ValueError(f"{host} is not served here; listening on {self._hosts}")
+        return f"http://{host}:{self.port}/{path.lstrip('/')}"
+
+    def url(self, name: str, host: str = "127.0.0.1") -> str:
+        """URL of image ``name`` as served via ``host`` (one of :attr:`hosts`)."""
+        return self.url_for(f"/img/{quote(name, safe='')}", host)
+
+
+class ImageServer(_UrlMixin):
+    """Runs an aiohttp server in a background thread with its own event loop.
+
+    A thread (rather than the caller's loop) makes it usable unchanged from sync pytest code, a
+    CLI demo and a benchmark, and lets the client under test own its event loop. Images come from
+    ``images`` (in memory, looked up first) and/or files directly inside ``root``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        images: Mapping[str, bytes] | None = None,
+        config: ServerConfig | None = None,
+    ) -> None:
+        self.config = config if config is not None else ServerConfig()
+        self._root = Path(root) if root is not None else None
+        self._images: dict[str, bytes] = dict(images or {})
+        self._header_rules: list[tuple[str, dict[str, str]]] = []
+        self._robots_txt = self.config.robots_txt
+        self._rules_lock = threading.Lock()
+        self._recorder = _Recorder(self.config.max_recorded_paths)
+        self._rng = random.Random(self.config.seed)
+        self._hosts = self.config.hosts
+        self._port: int | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._stop_requested = False
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
+        self._start_error: BaseException | None = None
+        self._conn_hosts: dict[object, str] = {}
+        self.stopped_by_watchdog = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 30.0) -> ImageServer:
+        if self._thread is not None or self._stop_requested:
+            raise RuntimeError("an ImageServer can only be started once")
+        self._thread = threading.Thread(target=self._thread_main, name="ImageServer", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            self.stop()
+            raise RuntimeError(f"image server did not start within {timeout_s} s")
+        if self._start_error is not None:
+            self._thread.join(timeout_s)
+            raise RuntimeError("image server failed to start") from self._start_error
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop listening, cut open connections and join the thread. Safe to call repeatedly."""
+        self._stop_requested = True
+        loop, event = self._loop, self._stop_event
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed: nothing left to stop
+                loop.call_soon_threadsafe(event.set)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+            if thread.is_alive():
+                log.warning("image server thread still alive %.1f s after stop()", timeout_s)
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until the server has stopped (by stop() or the watchdog); False on timeout."""
+        return self._stopped.wait(timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self._ready.is_set() and not self._stopped.is_set() and self._start_error is None
+
+    def __enter__(self) -> ImageServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- configuration and inspection ----------------------------------------------------------
+
+    def add_image(self, name: str, data: bytes) -> None:
+        with self._rules_lock:
+            self._images[name] = data
+
+    def set_header(self, name_pattern: str, headers: Mapping[str, str]) -> None:
+        """Add ``headers`` to every image response whose name matches the fnmatch pattern.
+
+        Lets a test mark a subset of a corpus (e.g. ``X-Robots-Tag: noai``) without new routes.
+        Later rules override earlier ones for the same header.
+        """
+        for k, v in headers.items():
+            if any(c in str(k) + str(v) for c in "\r\n"):
+                raise ValueError("header names and values must not contain line breaks")
+        with self._rules_lock:
+            self._header_rules.append((name_pattern, {str(k): str(v) for k, v in headers.items()}))
+
+    def set_robots_txt(self, text: str) -> None:
+        with self._rules_lock:
+            self._robots_txt = text
+
+    @property
+    def stats(self) -> ServerStats:
+        """A consistent copy; the live counters keep moving."""
+        return self._recorder.snapshot()
+
+    def reset_stats(self) -> None:
+        self._recorder.reset()
+
+    # -- server thread ------------------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:
+            if not self._ready.is_set():
+                self._start_error = exc
+            else:
+                log.exception("image server crashed")
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            self._stopped.set()
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._stop_event = asyncio.Event()
+        app = web.Application(middlewares=[self._middleware])
+        self._add_routes(app)
+        # A short shutdown timeout keeps stop() prompt even with /trickle or /slow requests open;
+        # handler_cancellation frees handlers whose client went away.
+        runner = web.AppRunner(
+            app, handle_signals=False, shutdown_timeout=0.2, handler_cancellation=True, access_log=None
+        )
+        await runner.setup()
+        try:
+            self._hook_connections(runner)
+            socks = self._bind_sockets()
+            for sock in socks:
+                await web.SockSite(runner, sock).start()
+            self._port = socks[0].getsockname()[1]
+            self._ready.set()
+            if not self._stop_requested:
+                try:
+                    await asyncio.wait_for(self._stop_event.wait(), timeout=self.config.max_lifetime_s)
+                except asyncio.TimeoutError:
+                    self.stopped_by_watchdog = True
+                    log.warning(
+                        "image server reached its max lifetime (%s s); stopping", self.config.max_lifetime_s
+                    )
+        finally:
+            await runner.cleanup()
+
+    def _bind_sockets(self) -> list[socket.socket]:
+        """Bind every host on one port, retrying ephemeral ports taken on some other address."""
+        attempts = 1 if self.config.port else 20
+        for attempt in range(attempts):
+            socks: list[socket.socket] = []
+            try:
+                port = self.config.port
+                for host in self._hosts:
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    socks.append(sock)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.bind((host, port))
+                    port = sock.getsockname()[1]
+                return socks
+            except OSError:
+                for sock in socks:
+                    sock.close()
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _hook_connections(self, runner: web.AppRunner) -> None:
+        """Count TCP connections per listening address.
+
+        aiohttp has no public connection callbacks, so wrap the low-level Server's
+        connection_made/connection_lost, which every RequestHandler reports to.
+        """
+        server = runner.server
+        if server is None or not hasattr(server, "connection_made"):
+            log.warning("aiohttp Server has no connection hooks; connection counters stay at 0")
+            return
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            host = _local_host(transport)
+            self._conn_hosts[handler] = host
+            self._recorder.connection_opened(host)
+            made(handler, transport)
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            host = self._conn_hosts.pop(handler, None)
+            if host is not None:
+                self._recorder.connection_closed(host)
+            lost(handler, exc)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+    # -- request handling ---------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == STATS_PATH:
+            return await handler(request)
+        host = _local_host(request.transport)
+        self._recorder.request_started(host, request.path_qs, request.headers.get("User-Agent", ""))
+        try:
+            lo, hi = self.config.latency_s
+            if hi > 0:
+                await asyncio.sleep(self._rng.uniform(lo, hi))
+            return await handler(request)
+        finally:
+            self._recorder.request_finished(host)
+
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/img/{name}", self._img)
+        app.router.add_get("/status/{code}", self._status)
+        app.router.add_get("/robots.txt", self._robots)
+        app.router.add_get("/html", self._html)
+        app.router.add_get("/slow/{seconds}/{name}", self._slow)
+        app.router.add_get("/trickle/{name}", self._trickle)
+        app.router.add_get("/redirect/{n}/{name}", self._redirect)
+        app.router.add_get("/redirect-loop", self._redirect_loop)
+        app.router.add_get("/robots-tag/{directive}/{name}", self._robots_tag)
+        app.router.add_get("/truncated/{name}", self._truncated)
+        app.router.add_get(STATS_PATH, self._stats)
+
+    def _lookup(self, name: str) -> bytes | None:
+        with self._rules_lock:
+            data = self._images.get(name)
+        if data is not None or self._root is None:
+            return data
+        # One path segment only: never serve anything outside root.
+        if not name or name in (".", "..") or any(c in name for c in "/\\\x00"):
+            return None
+        try:
+            return (self._root / name).read_bytes()
+        except OSError:
+            return None
+
+    def _image_headers(self, name: str) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        with self._rules_lock:
+            rules = list(self._header_rules)
+        for pattern, extra in rules:
+            if fnmatch.fnmatchcase(name, pattern):
+                headers.update(extra)
+        return headers
+
+    def _image_or_404(self, name: str) -> bytes:
+        data = self._lookup(name)
+        if data is None:
+            raise web.HTTPNotFound(text=f"no image named {name!r}")
+        return data
+
+    def _image_response(self, name: str, extra: Mapping[str, str] | None = None) -> web.Response:
+        data = self._image_or_404(name)
+        headers = self._image_headers(name)
+        headers.update(extra or {})
+        return web.Response(body=data, content_type=content_type_for(name), headers=headers)
+
+    async def _img(self, request: web.Request) -> web.Response:
+        return self._image_response(request.match_info["name"])
+
+    async def _status(self, request: web.Request) -> web.Response:
+        try:
+            code = int(request.match_info["code"])
+        except ValueError:
+            raise web.HTTPBadRequest(text="status code must be an integer") from None
+        if not 200 <= code <= 599:
+            raise web.HTTPBadRequest(text="status code must be in 200..599")
+        if code in (204, 304):  # these must not carry a body
+            return web.Response(status=code)
+        body = f"<!doctype html><html><body><h1>HTTP {code}</h1></body></html>\n"
+        return web.Response(status=code, text=body, content_type="text/html")
+
+    async def _robots(self, request: web.Request) -> web.Response:
+        with self._rules_lock:
+            text = self._robots_txt
+        return web.Response(text=text, content_type="text/plain")
+
+    async def _html(self, request: web.Request) -> web.Response:
+        return web.Response(text=_HTML_PAGE, content_type="text/html")
+
+    async def _slow(self, request: web.Request) -> web.Response:
+        try:
+            seconds = float(request.match_info["seconds"])
+        except ValueError:
+            raise web.HTTPBadRequest(text="seconds must be a number") from None
+        if not (seconds >= 0 and math.isfinite(seconds)):
+            raise web.HTTPBadRequest(text="seconds must be a non-negative number")
+        await asyncio.sleep(min(seconds, MAX_SLOW_S))
+        return self._image_response(request.match_info["name"])
+
+    async def _trickle(self, request: web.Request) -> web.StreamResponse:
+        """Honest headers, glacial body: catches clients with only a connect/first-byte timeout."""
+        name = request.match_info["name"]
+        data = self._image_or_404(name)
+        resp = web.StreamResponse(headers=self._image_headers(name))
+        resp.content_type = content_type_for(name)
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        # Ends with the server: stop() and the watchdog cancel this handler.
+        for i in range(len(data)):
+            await resp.write(data[i : i + 1])
+            if i + 1 < len(data):
+                await asyncio.sleep(self.config.trickle_interval_s)
+        await resp.write_eof()
+        return resp
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            n = int(request.match_info["n"])
+        except ValueError:
+            raise web.HTTPBadRequest(text="redirect count must be an integer") from None
+        if not 0 <= n <= MAX_REDIRECT_HOPS:
+            raise web.HTTPBadRequest(text=f"redirect count must be in 0..{MAX_REDIRECT_HOPS}")
+        if n == 0:
+            return self._image_response(name)
+        # Relative Location keeps the client on the same loopback host.
+        return web.Response(status=302, headers={"Location": f"/redirect/{n - 1}/{quote(name, safe='')}"})
+
+    async def _redirect_loop(self, request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "/redirect-loop"})
+
+    async def _robots_tag(self, request: web.Request) -> web.Response:
+        directive = request.match_info["directive"]
+        if any(c in directive for c in "\r\n"):
+            raise web.HTTPBadRequest(text="directive must not contain line breaks")
+        return self._image_response(request.match_info["name"], {"X-Robots-Tag": directive})
+
+    async def _truncated(self, request: web.Request) -> web.StreamResponse:
+        """Promise the whole body, deliver half, hang up: the client must not keep a partial file."""
+        name = request.match_info["name"]
+        data = self._image_or_404(name)
+        resp = web.StreamResponse(headers=self._image_headers(name))
+        resp.content_type = content_type_for(name)
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        await resp.write(data[: len(data) // 2])
+        if request.transport is not None:
+            request.transport.close()  # close() flushes what was written, then sends FIN
+        return resp
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats.to_dict())
+
+
+# -- separate-process server -------------------------------------------------------------------
+
+
+class SubprocessServer(_UrlMixin):
+    """Handle on a server running in a child process (see :func:`serve_in_subprocess`).
+
+    The benchmark uses this so serving CPU is not charged to the downloader being measured.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int, hosts: list[str]) -> None:
+        self.process = process
+        self._port = port
+        self._hosts = hosts
+
+    def stats(self, timeout_s: float = 10.0) -> ServerStats:
+        """Fetch the child's counters over HTTP (loopback, proxies explicitly bypassed).
+
+        The ``/_stats`` request itself is not counted, but its connection is, on the first host:
+        put the client under test on other hosts (``extra_hosts``) if that matters.
+        """
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(self.url_for(STATS_PATH), timeout=timeout_s) as resp:
+            return ServerStats.from_dict(json.loads(resp.read()))
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """Close the child's stdin (its shutdown signal), then escalate if it lingers."""
+        proc = self.process
+        if proc.stdin is not None and not proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout_s)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        return proc.returncode
+
+    def __enter__(self) -> SubprocessServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def serve_in_subprocess(
+    root: str | os.PathLike[str] | None = None,
+    config: ServerConfig | None = None,
+    *,
+    synthetic: int = 0,
+    seed: int = 0,
+    startup_timeout_s: float = 120.0,
+) -> SubprocessServer:
+    """Start ``python -m dataset_assets.demo.server`` and wait until it reports its port.
+
+    ``synthetic`` > 0 makes the child generate that many web-like JPEGs in memory instead of (or
+    on top of) serving ``root``. The child dies when its lifetime ends, when
+    :meth:`SubprocessServer.stop` is called, or when this process dies (its stdin closes).
+    """
+    config = config if config is not None else ServerConfig()
+    cmd = [
+        sys.executable,
+        "-m",
+        "dataset_assets.demo.server",
+        "--host",
+        config.host,
+        "--port",
+        str(config.port),
+        "--latency",
+        repr(config.latency_s[0]),
+        repr(config.latency_s[1]),
+        "--max-lifetime",
+        repr(config.max_lifetime_s),
+        "--extra-hosts",
+        str(config.extra_hosts),
+        "--trickle-interval",
+        repr(config.trickle_interval_s),
+        "--max-recorded-paths",
+        str(config.max_recorded_paths),
+    ]
+    if config.seed is not None:
+        cmd += ["--latency-seed", str(config.seed)]
+    if root is not None:
+        cmd += ["--root", os.fspath(root)]
+    if synthetic:
+        cmd += ["--synthetic", str(synthetic), "--seed", str(seed)]
+    if config.robots_txt != DEFAULT_ROBOTS_TXT:
+        cmd += ["--robots-txt", config.robots_txt]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + startup_timeout_s
+    line = b""
+    try:
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or proc.poll() is not None:
+                break
+            ready, _, _ = select.select([proc.stdout], [], [], min(remaining, 0.5))
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 1)
+                if not chunk:
+                    break
+                line += chunk
+        port = int(line.strip())
+    except (ValueError, OSError):
+        proc.kill()
+        proc.wait(10)
+        raise RuntimeError(
+            f"image server subprocess did not report a port (exit code {proc.returncode}, got {line!r})"
+        ) from None
+    return SubprocessServer(proc, port, config.hosts)
+
+
+def _exit_when_stdin_closes(server: ImageServer) -> None:
+    # os.read on the raw fd, not sys.stdin: a daemon thread blocked inside the buffered reader holds
+    # its lock and makes interpreter shutdown abort when the server exits for another reason.
+    try:
+        fd = sys.stdin.fileno()
+        while os.read(fd, 65536):
+            pass
+    except (OSError, ValueError):
+        pass
+    server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dataset_assets.demo.server",
+        description="Serve images on loopback for tests, benchmarks and demos. Prints the port on "
+        "the first stdout line; exits when stdin closes or after --max-lifetime seconds.",
+    )
+    parser.add_argument("--root", help="serve the files in this folder under /img/{name}")
+    parser.add_argument("--synthetic", type=int, default=0, help="also serve N generated JPEGs")
+    parser.add_argument("--seed", type=int, default=0, help="corpus seed for --synthetic")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, nargs=2, default=(0.0, 0.0), metavar=("LOW", "HIGH"))
+    parser.add_argument("--latency-seed", type=int, default=None)
+    parser.add_argument("--max-lifetime", type=float, default=600.0)
+    parser.add_argument("--extra-hosts", type=int, default=0)
+    parser.add_argument("--trickle-interval", type=float, default=0.5)
+    parser.add_argument("--max-recorded-paths", type=int, default=10_000)
+    parser.add_argument("--robots-txt", default=DEFAULT_ROBOTS_TXT, help="robots.txt body")
+    parser.add_argument(
+        "--ignore-stdin",
+        action="store_true",
+        help="do not exit on stdin EOF (for running detached; the lifetime still applies)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+    config = ServerConfig(
+        latency_s=(args.latency[0], args.latency[1]),
+        max_lifetime_s=args.max_lifetime,
+        host=args.host,
+        port=args.port,
+        extra_hosts=args.extra_hosts,
+        robots_txt=args.robots_txt,
+        trickle_interval_s=args.trickle_interval,
+        max_recorded_paths=args.max_recorded_paths,
+        seed=args.latency_seed,
+    )
+    images: dict[str, bytes] = {}
+    if args.synthetic:
+        from dataset_assets.demo.images import corpus_images
+
+        images = corpus_images(args.synthetic, args.seed)
+    server = ImageServer(root=args.root, images=images, config=config).start()
+    print(server.port, flush=True)
+    print(f"serving on {', '.join(server.hosts)} port {server.port} ({server.base_url})", file=sys.stderr)
+    if not args.ignore_stdin:
+        threading.Thread(target=_exit_when_stdin_closes, args=(server,), daemon=True).start()
+    try:
+        # The server's own watchdog fires at max_lifetime; the margin only covers a wedged loop.
+        if not server.wait(config.max_lifetime_s + 30.0):
+            log.error("server did not stop on its own; exiting hard")
+            sys.stdout.flush()
+            os._exit(3)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

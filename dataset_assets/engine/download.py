@@ -1,0 +1,50 @@
+"""Whole-list downloads: shard the input like img2dataset and run every missing shard."""
+
+from __future__ import annotations
+
+from dataset_assets.engine.options import DownloadOptions
+from dataset_assets.engine.reader import count_rows, iter_input_shards
+from dataset_assets.engine.runner import DownloadPool, is_shard_complete, read_shard_stats
+from dataset_assets.engine.stats import ShardStats
+from dataset_assets.engine.storage import OutputFolder
+
+
+def download(
+    url_list: str, output_folder: str, options: DownloadOptions, *, progress: bool = False
+) -> list[ShardStats]:
+    """Download every shard of ``url_list`` not yet complete in ``output_folder``.
+
+    Shard ids are positional (files in sorted order, ``number_sample_per_shard`` rows each,
+    never spanning files), so re-running the same command resumes where it stopped.
+    """
+    output = OutputFolder(output_folder)
+    if options.incremental_mode == "overwrite":
+        output.fs.rm(output.root, recursive=True)
+        output = OutputFolder(output_folder)
+    output.clean_tmp()
+
+    already_complete: list[int] = []
+
+    def complete(shard_id: int) -> bool:
+        done = options.incremental_mode == "incremental" and is_shard_complete(output, shard_id, options)
+        if done:
+            already_complete.append(shard_id)
+        return done
+
+    results: list[ShardStats] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=count_rows(url_list, options), unit="img", smoothing=0.05)
+    try:
+        with DownloadPool(options, output) as pool:
+            shards = iter_input_shards(url_list, options, skip=complete)
+            for stats in pool.run(shards, on_progress=bar.update if bar is not None else None):
+                results.append(stats)
+        # Shards skipped by the reader never reached the pool; report them too.
+        results += [read_shard_stats(output, shard_id, options) for shard_id in already_complete]
+    finally:
+        if bar is not None:
+            bar.close()
+    return sorted(results, key=lambda s: s.shard_id)

@@ -1,0 +1,572 @@
+"""Decode, orient, resize, blur and re-encode one image: the CPU half of the engine.
+
+Each worker process is one core, so everything here is single-threaded and tuned for the
+common case of a JPEG shrunk to a few hundred pixels:
+
+* the header is probed with Pillow first (lazy: it reads no pixel data), so decompression bombs
+  and the size filters reject an image before a single pixel buffer is allocated;
+* a JPEG that will be shrunk at least 2x is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain,
+  which is several times cheaper than a full decode followed by a resize, while the output size
+  is still computed from the original dimensions, so it is identical to a full decode's;
+* EXIF orientation is applied after the resize, where the image is smallest.
+
+The output geometry reproduces img2dataset 1.47.0 (albumentations < 2) to the pixel. Where
+img2dataset is lossy or unsafe (float64 alpha compositing, EXIF orientation ignored, no pixel cap)
+this module does better; the module-level notes on each helper say where.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import ExifTags, Image
+from PIL.TiffImagePlugin import IFDRational
+
+from dataset_assets.engine.options import DownloadOptions
+
+__all__ = ["ImageProcessor", "ImageRejected", "ProcessedImage"]
+
+DECODING_ERROR = "Image decoding error"  # img2dataset's message, kept for stats compatibility
+
+_INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "bilinear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+    "bicubic": cv2.INTER_CUBIC,
+    "area": cv2.INTER_AREA,
+    "lanczos": cv2.INTER_LANCZOS4,
+    "lanczos4": cv2.INTER_LANCZOS4,
+}
+# Pillow format name -> encode_format whose bytes could be kept as they are (skip_reencode).
+_SAME_FORMAT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}
+_JPEG_FORMATS = frozenset({"JPEG", "MPO"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# Orientation is applied by us from Pillow's reading of the tag, never by OpenCV: OpenCV applies
+# it for some formats and flags only (not with IMREAD_UNCHANGED), and we must know whether the
+# pixels moved (skip_reencode) and resize before rotating.
+_COLOR = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+_UNCHANGED = cv2.IMREAD_UNCHANGED  # ignores orientation by itself
+_REDUCED = (
+    (8, cv2.IMREAD_REDUCED_COLOR_8 | cv2.IMREAD_IGNORE_ORIENTATION),
+    (4, cv2.IMREAD_REDUCED_COLOR_4 | cv2.IMREAD_IGNORE_ORIENTATION),
+    (2, cv2.IMREAD_REDUCED_COLOR_2 | cv2.IMREAD_IGNORE_ORIENTATION),
+)
+_TRANSPOSING = frozenset({5, 6, 7, 8})
+_WHITE = (255, 255, 255)
+
+# A bounding box coordinate this far outside [0, 1] is not a relative coordinate (most likely
+# pixels); anything closer is detector jitter at the image edge and is clamped.
+_BBOX_SLACK = 0.1
+
+
+class ImageRejected(Exception):
+    """Raised for any image that cannot be stored; str(exc) is the per-row error_message."""
+
+
+@dataclass(slots=True)
+class ProcessedImage:
+    """What the worker stores for one successful row."""
+
+    data: bytes
+    width: int
+    height: int
+    original_width: int
+    original_height: int
+    exif: str | None
+
+
+@dataclass(slots=True)
+class _Header:
+    format: str
+    width: int  # as stored in the file, before orientation
+    height: int
+    has_alpha: bool
+    exif: Image.Exif | None
+    exif_failed: bool
+    orientation: int
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Target geometry in oriented coordinates, decided from the header alone."""
+
+    width: int  # size after the resize step, before pad / crop
+    height: int
+    interpolation: int
+    finish: str | None  # "pad", "crop" or None
+    identity: bool  # the output pixels would be exactly the (oriented) input pixels
+
+
+class ImageProcessor:
+    """Turns downloaded bytes into the stored image for one fixed set of options.
+
+    One instance per worker process; ``process`` is the per-image hot path, so everything that
+    depends only on the options is computed here.
+    """
+
+    def __init__(self, options: DownloadOptions, *, reduced_decode: bool = True) -> None:
+        # One worker process per core: OpenCV's own thread pool would only oversubscribe it.
+        cv2.setNumThreads(1)
+        # Pillow only reads headers here; its bomb guard would fire (or warn) on headers that our
+        # own max_decoded_pixels check is there to reject with a clearer message.
+        Image.MAX_IMAGE_PIXELS = None
+        # Broken EXIF is common on the web and only costs the exif column (None); Pillow's
+        # per-image UserWarnings about it would just flood the worker logs.
+        warnings.filterwarnings("ignore", message=r"(?i).*corrupt exif", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"Metadata Warning", category=UserWarning)
+        self._options = options
+        self._size = options.image_size
+        self._mode = options.resize_mode
+        self._only_if_bigger = options.resize_only_if_bigger
+        self._down = _INTERPOLATIONS[options.downscale_interpolation]
+        self._up = _INTERPOLATIONS[options.upscale_interpolation]
+        self._max_pixels = options.max_decoded_pixels
+        self._min_size = options.min_image_size
+        self._max_area = options.max_image_area
+        self._max_ratio = options.max_aspect_ratio
+        self._extract_exif = options.extract_exif
+        self._skip_reencode = options.skip_reencode
+        self._encode_format = options.encode_format
+        self._reduced_decode = reduced_decode
+        self._ext = "." + options.encode_format
+        quality = options.encode_quality
+        if options.encode_format == "jpg":
+            self._encode_params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+        elif options.encode_format == "webp":
+            self._encode_params = [cv2.IMWRITE_WEBP_QUALITY, quality]
+        else:
+            self._encode_params = [cv2.IMWRITE_PNG_COMPRESSION, quality]
+
+    # ------------------------------------------------------------------ public
+    def process(self, raw: bytes, bboxes: Sequence[Sequence[float]] | None = None) -> ProcessedImage:
+        """Decode, check, resize, blur and encode ``raw``; raises ImageRejected for bad input."""
+        header = _probe(raw)
+        width, height = header.width, header.height
+        pixels = width * height
+        if pixels > self._max_pixels:
+            raise ImageRejected(
+                f"image header declares {width}x{height} pixels, over the {self._max_pixels}-pixel cap"
+            )
+        transposed = header.orientation in _TRANSPOSING
+        if transposed:
+            width, height = height, width
+        self._check_geometry(width, height)
+        boxes = _parse_bboxes(bboxes) if bboxes is not None and len(bboxes) else None
+        plan = self._plan(width, height)
+        exif = self._exif_column(header) if self._extract_exif else None
+
+        if (
+            self._skip_reencode
+            and plan.identity
+            and boxes is None
+            and not header.has_alpha
+            and header.orientation == 1
+            and _SAME_FORMAT.get(header.format) == self._encode_format
+        ):
+            # The stored bytes would decode to exactly these pixels: only prove they decode.
+            flag = _REDUCED[0][1] if header.format in _JPEG_FORMATS else _COLOR
+            if _decode(raw, flag) is None:
+                raise ImageRejected(DECODING_ERROR)
+            return ProcessedImage(bytes(raw), width, height, width, height, exif)
+
+        image = self._decode_for(raw, header, plan, transposed)
+        stored_h, stored_w = image.shape[:2]
+        if image.shape[0] * image.shape[1] == 0:
+            raise ImageRejected(DECODING_ERROR)
+        target_w, target_h = (plan.height, plan.width) if transposed else (plan.width, plan.height)
+        if (stored_w, stored_h) != (target_w, target_h):
+            try:
+                image = cv2.resize(image, (target_w, target_h), interpolation=plan.interpolation)
+            except cv2.error as error:
+                raise ImageRejected(f"resize failed: {_cv2_reason(error)}") from None
+        if header.orientation != 1:
+            image = _orient(image, header.orientation)
+        if boxes:
+            image = _blur_boxes(image, boxes)
+        if plan.finish == "pad":
+            image = _pad_to_square(image, self._size)
+        elif plan.finish == "crop":
+            image = _center_crop(image, self._size)
+
+        try:
+            ok, encoded = cv2.imencode(self._ext, image, self._encode_params)
+        except cv2.error as error:
+            raise ImageRejected(f"encoding failed: {_cv2_reason(error)}") from None
+        if not ok:
+            raise ImageRejected(f"encoding to {self._encode_format} failed")
+        out_h, out_w = image.shape[:2]
+        return ProcessedImage(encoded.tobytes(), out_w, out_h, width, height, exif)
+
+    # ----------------------------------------------------------------- helpers
+    def _check_geometry(self, width: int, height: int) -> None:
+        """img2dataset's size filters, on the oriented size (all three are symmetric in w/h)."""
+        short, long = (width, height) if width <= height else (height, width)
+        if short < self._min_size:
+            raise ImageRejected("image too small")
+        if width * height > self._max_area:
+            raise ImageRejected("image area too large")
+        if short == 0:
+            raise ImageRejected(DECODING_ERROR)
+        if long / short > self._max_ratio:
+            raise ImageRejected("aspect ratio too large")
+
+    def _plan(self, width: int, height: int) -> _Plan:
+        """SmallestMaxSize / LongestMaxSize + CenterCrop / PadIfNeeded geometry (albumentations<2)."""
+        mode, size = self._mode, self._size
+        if mode == "no":
+            return _Plan(width, height, self._up, None, True)
+        if mode in ("keep_ratio", "center_crop"):
+            reference = min(width, height)
+            finish = "crop" if mode == "center_crop" else None
+        else:
+            reference = max(width, height)
+            finish = "pad" if mode == "border" else None
+        downscale = reference > size
+        if self._only_if_bigger and not downscale:
+            # img2dataset skips pad and crop too, so such an image is stored unsquared.
+            return _Plan(width, height, self._up, None, True)
+        scale = size / reference
+        new_w, new_h = width, height
+        if scale != 1.0:
+            # Python's round() is banker's rounding, exactly albumentations' py3round; the max()
+            # keeps a 1-pixel side for extreme aspect ratios, where albumentations would crash.
+            new_w = max(1, round(width * scale))
+            new_h = max(1, round(height * scale))
+        identity = (new_w, new_h) == (width, height) and (finish is None or new_w == new_h == size)
+        interpolation = self._down if downscale else self._up
+        return _Plan(new_w, new_h, interpolation, finish, identity)
+
+    def _decode_for(self, raw: bytes, header: _Header, plan: _Plan, transposed: bool) -> np.ndarray:
+        """Decode to 8-bit BGR in stored orientation, as small as the plan allows."""
+        if header.has_alpha:
+            image = _decode(raw, _UNCHANGED)
+            if image is None:
+                raise ImageRejected(DECODING_ERROR)
+            return _flatten_alpha(image)
+        flag = _COLOR
+        if self._reduced_decode and header.format in _JPEG_FORMATS:
+            need_w, need_h = (plan.height, plan.width) if transposed else (plan.width, plan.height)
+            for factor, reduced_flag in _REDUCED:
+                # libjpeg's scaled output is ceil(side / factor); never go below the target size.
+                if -(-header.width // factor) >= need_w and -(-header.height // factor) >= need_h:
+                    flag = reduced_flag
+                    break
+        image = _decode(raw, flag)
+        if image is None:
+            raise ImageRejected(DECODING_ERROR)
+        return image
+
+    def _exif_column(self, header: _Header) -> str | None:
+        if header.exif_failed:
+            return None
+        if header.exif is None:
+            return "{}"
+        try:
+            return json.dumps(_exif_dict(header.exif))
+        except Exception:  # a malformed sub-IFD in untrusted bytes: same contract as exifread
+            return None
+
+
+# ---------------------------------------------------------------------- decode
+def _probe(raw: bytes) -> _Header:
+    """Read format, size, alpha and EXIF from the header only (Pillow opens lazily)."""
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            fmt = im.format or ""
+            width, height = im.size
+            info = im.info
+            has_alpha = im.mode in _ALPHA_MODES or "transparency" in info
+            exif_bytes = info.get("exif")
+            # TIFF keeps EXIF in its own tags; getexif() reads them without decoding pixels.
+            tiff_exif = im.getexif() if fmt == "TIFF" else None
+    except Exception:  # Pillow raises many types (SyntaxError, struct.error, ...) on junk
+        raise ImageRejected(DECODING_ERROR) from None
+    exif: Image.Exif | None = None
+    failed = False
+    orientation = 1
+    try:
+        if tiff_exif is not None:
+            exif = tiff_exif if len(tiff_exif) else None
+        elif isinstance(exif_bytes, (bytes, bytearray)) and exif_bytes:
+            exif = Image.Exif()
+            exif.load(bytes(exif_bytes))
+        if exif is not None:
+            value = exif.get(0x0112, 1)
+            if isinstance(value, int) and 1 <= value <= 8:
+                orientation = value
+    except Exception:  # malformed EXIF never sinks the image, only the exif column
+        exif, failed, orientation = None, True, 1
+    return _Header(fmt, width, height, has_alpha, exif, failed, orientation)
+
+
+def _decode(raw: bytes, flag: int) -> np.ndarray | None:
+    try:
+        return cv2.imdecode(np.frombuffer(raw, np.uint8), flag)
+    except cv2.error:
+        return None
+    except MemoryError:
+        raise ImageRejected("out of memory while decoding image") from None
+
+
+def _flatten_alpha(image: np.ndarray) -> np.ndarray:
+    """Any IMREAD_UNCHANGED result -> 8-bit BGR, with transparency composited onto white.
+
+    img2dataset does this in float64 (24 bytes per pixel per channel of temporaries); here it is
+    uint8 OpenCV arithmetic: out = 255 - (255 - c) * a / 255, which is the same blend.
+    """
+    if image.dtype != np.uint8:
+        if image.dtype == np.uint16:
+            image = (image >> 8).astype(np.uint8)
+        elif image.dtype in (np.float32, np.float64):
+            image = cv2.convertScaleAbs(image, alpha=255.0)
+        else:
+            raise ImageRejected(f"unsupported pixel depth {image.dtype}")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    channels = image.shape[2]
+    if channels == 3:
+        return image
+    if channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if channels == 2:
+        color = cv2.cvtColor(np.ascontiguousarray(image[:, :, 0]), cv2.COLOR_GRAY2BGR)
+        alpha = np.ascontiguousarray(image[:, :, 1])
+    elif channels == 4:
+        color = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        alpha = cv2.extractChannel(image, 3)
+    else:
+        raise ImageRejected(f"unsupported channel count {channels}")
+    alpha3 = cv2.cvtColor(alpha, cv2.COLOR_GRAY2BGR)
+    inverse = cv2.bitwise_not(color)
+    cv2.multiply(inverse, alpha3, dst=inverse, scale=1.0 / 255.0)
+    return cv2.bitwise_not(inverse, dst=inverse)
+
+
+def _orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply EXIF orientation 2..8 (same mapping as Pillow's ImageOps.exif_transpose)."""
+    if orientation == 2:
+        return cv2.flip(image, 1)
+    if orientation == 3:
+        return cv2.rotate(image, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(image, 0)
+    if orientation == 5:
+        return cv2.transpose(image)
+    if orientation == 6:
+        return cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.flip(cv2.transpose(image), -1)
+    if orientation == 8:
+        return cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return image
+
+
+def _cv2_reason(error: cv2.error) -> str:
+    text = str(error).strip().splitlines()
+    return text[-1] if text else "OpenCV error"
+
+
+# -------------------------------------------------------------- pad, crop, blur
+def _pad_to_square(image: np.ndarray, size: int) -> np.ndarray:
+    """PadIfNeeded(size, size, BORDER_CONSTANT, white): the odd pixel goes bottom / right."""
+    height, width = image.shape[:2]
+    pad_h = max(0, size - height)
+    pad_w = max(0, size - width)
+    if not pad_h and not pad_w:
+        return image
+    top, left = pad_h // 2, pad_w // 2
+    return cv2.copyMakeBorder(image, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT, value=_WHITE)
+
+
+def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    if height == width == size:
+        return image
+    top = max(0, (height - size) // 2)
+    left = max(0, (width - size) // 2)
+    return image[top : top + size, left : left + size]
+
+
+def _parse_bboxes(bboxes: Iterable[Any]) -> list[tuple[float, float, float, float]]:
+    """Validate [x_min, y_min, x_max, y_max] relative boxes; user data, so reject clearly."""
+    boxes = []
+    try:
+        for box in bboxes:
+            values = [float(v) for v in box]
+            if len(values) != 4:
+                raise ImageRejected(
+                    f"bounding box {list(box)!r} must have 4 values [x_min, y_min, x_max, y_max]"
+                )
+            if not all(math.isfinite(v) and -_BBOX_SLACK <= v <= 1 + _BBOX_SLACK for v in values):
+                raise ImageRejected(f"bounding box {values!r} is not in relative coordinates [0, 1]")
+            x0, y0, x1, y1 = (min(1.0, max(0.0, v)) for v in values)
+            if x1 < x0 or y1 < y0:
+                raise ImageRejected(f"bounding box {values!r} has x_max < x_min or y_max < y_min")
+            boxes.append((x0, y0, x1, y1))
+    except (TypeError, ValueError):
+        raise ImageRejected(
+            f"malformed bounding boxes {bboxes!r}: expected a list of 4-number lists"
+        ) from None
+    return boxes
+
+
+def _blur_boxes(image: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
+    """Gaussian-blur each box, enlarged by 10 % of its size, with sigma = 0.1 x the largest box.
+
+    Box "size" is max(width, height) in pixels, which img2dataset (after the ImageNet face
+    obfuscation code) calls the diagonal. Unlike img2dataset, whose feathered mask leaves the box
+    edges partly sharp, every pixel inside an enlarged box is fully blurred and nothing outside
+    changes; the blur itself still sees the real neighbourhood, so there is no seam from padding.
+    """
+    height, width = image.shape[:2]
+    rects = []
+    largest = 0
+    for bx0, by0, bx1, by1 in boxes:
+        x0, y0, x1, y1 = int(bx0 * width), int(by0 * height), int(bx1 * width), int(by1 * height)
+        side = max(x1 - x0, y1 - y0)
+        largest = max(largest, side)
+        grow = 0.1 * side
+        rect = (
+            max(0, int(x0 - grow)),
+            max(0, int(y0 - grow)),
+            min(width, int(x1 + grow)),
+            min(height, int(y1 + grow)),
+        )
+        if rect[2] > rect[0] and rect[3] > rect[1]:
+            rects.append(rect)
+    sigma = 0.1 * largest
+    if not rects or sigma <= 0:
+        return image
+    ksize = 2 * math.ceil(4 * sigma) + 1
+    margin = ksize // 2
+    # Blur only the region the boxes (plus the kernel's reach) cover, not the whole image.
+    rx0 = max(0, min(r[0] for r in rects) - margin)
+    ry0 = max(0, min(r[1] for r in rects) - margin)
+    rx1 = min(width, max(r[2] for r in rects) + margin)
+    ry1 = min(height, max(r[3] for r in rects) + margin)
+    blurred = cv2.GaussianBlur(image[ry0:ry1, rx0:rx1], (ksize, ksize), sigma)
+    if not image.flags.writeable or image.base is not None:
+        image = image.copy()
+    for x0, y0, x1, y1 in rects:
+        image[y0:y1, x0:x1] = blurred[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
+    return image
+
+
+# ------------------------------------------------------------------------ EXIF
+# exifread's printable names for the enumerated tags people actually filter on.
+_ENUMS: dict[int, dict[int, str]] = {
+    0x0112: {
+        1: "Horizontal (normal)",
+        2: "Mirrored horizontal",
+        3: "Rotated 180",
+        4: "Mirrored vertical",
+        5: "Mirrored horizontal then rotated 90 CCW",
+        6: "Rotated 90 CW",
+        7: "Mirrored horizontal then rotated 90 CW",
+        8: "Rotated 90 CCW",
+    },
+    0x0128: {1: "Not Absolute", 2: "Pixels/Inch", 3: "Pixels/Centimeter"},
+    0x0213: {1: "Centered", 2: "Co-sited"},
+    0xA001: {1: "sRGB", 2: "Adobe RGB", 65533: "Uncalibrated", 65535: "Uncalibrated"},
+    0x8822: {
+        0: "Unidentified",
+        1: "Manual",
+        2: "Program Normal",
+        3: "Aperture Priority",
+        4: "Shutter Priority",
+        5: "Program Creative",
+        6: "Program Action",
+        7: "Portrait Mode",
+        8: "Landscape Mode",
+    },
+    0x9207: {
+        0: "Unidentified",
+        1: "Average",
+        2: "CenterWeightedAverage",
+        3: "Spot",
+        4: "MultiSpot",
+        5: "Pattern",
+        6: "Partial",
+        255: "other",
+    },
+    0xA402: {0: "Auto Exposure", 1: "Manual Exposure", 2: "Auto Bracket"},
+    0xA403: {0: "Auto", 1: "Manual"},
+}
+_NAME_OVERRIDES = {0xA005: "InteroperabilityOffset"}
+_USER_COMMENT = 0x9286
+
+
+def _exif_dict(exif: Image.Exif) -> dict[str, str]:
+    """exifread-style ``{"IFD TagName": printable}`` from Pillow's parser (exifread is pure
+    Python and several times slower; only the naming and value printing are mimicked)."""
+    out: dict[str, str] = {}
+    _dump_ifd(out, "Image", exif, ExifTags.TAGS)
+    if ExifTags.IFD.Exif in exif:
+        exif_ifd = exif.get_ifd(ExifTags.IFD.Exif)
+        _dump_ifd(out, "EXIF", exif_ifd, ExifTags.TAGS)
+        if ExifTags.IFD.Interop in exif_ifd:
+            _dump_ifd(out, "Interoperability", exif.get_ifd(ExifTags.IFD.Interop), ExifTags.TAGS)
+    if ExifTags.IFD.GPSInfo in exif:
+        _dump_ifd(out, "GPS", exif.get_ifd(ExifTags.IFD.GPSInfo), ExifTags.GPSTAGS)
+    thumbnail = exif.get_ifd(ExifTags.IFD.IFD1)
+    if thumbnail:
+        _dump_ifd(out, "Thumbnail", thumbnail, ExifTags.TAGS)
+    return out
+
+
+def _dump_ifd(out: dict[str, str], prefix: str, ifd: Mapping[int, Any], names: Mapping[int, str]) -> None:
+    for tag, value in ifd.items():
+        name = _NAME_OVERRIDES.get(tag) or names.get(tag) or f"Tag 0x{tag:04X}"
+        if isinstance(value, dict):  # a sub-IFD Pillow already expanded; dumped separately
+            continue
+        enum = _ENUMS.get(tag)
+        if enum is not None and isinstance(value, int):
+            text = enum.get(value, str(value))
+        elif tag == _USER_COMMENT and isinstance(value, bytes):
+            text = value[8:].decode("utf-8", "replace").strip("\x00 ")
+        else:
+            text = _printable(value)
+        out[f"{prefix} {name}"] = text.strip()
+
+
+def _printable(value: Any) -> str:
+    if isinstance(value, str):
+        return value.rstrip("\x00")
+    if isinstance(value, bytes):
+        stripped = value.rstrip(b"\x00")
+        if stripped and all(32 <= b < 127 for b in stripped):
+            return stripped.decode("ascii")
+        return _list_text(list(value))
+    if isinstance(value, tuple):
+        return _list_text([_printable(v) for v in value])
+    if isinstance(value, IFDRational):
+        return _ratio_text(value)
+    return str(value)
+
+
+def _ratio_text(value: Any) -> str:
+    """exifread prints rationals reduced: 72/1 -> "72", 10/1000 -> "1/100"."""
+    numerator, denominator = int(value.numerator), int(value.denominator)
+    if denominator == 0:
+        return f"{numerator}/0"
+    fraction = Fraction(numerator, denominator)
+    if fraction.denominator == 1:
+        return str(fraction.numerator)
+    return f"{fraction.numerator}/{fraction.denominator}"
+
+
+def _list_text(items: list[Any]) -> str:
+    """exifread truncates long value lists to 20 items, ending in ", ... ]"."""
+    if len(items) > 20:
+        return "[" + ", ".join(str(v) for v in items[:20]) + ", ... ]"
+    return "[" + ", ".join(str(v) for v in items) + "]"

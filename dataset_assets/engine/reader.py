@@ -1,0 +1,304 @@
+"""Input reading: every supported format goes through one DuckDB table function and is streamed.
+
+img2dataset loads each input file whole into a pyarrow table (its startup RAM spike, #338) and
+reads txt as a one-column CSV, so a URL with a comma aborts the run. Here each file becomes a
+DuckDB ``FROM`` expression (:func:`source_sql`, shared with the planner) and rows arrive as Arrow
+record batches of bounded size, sliced into shards with img2dataset's positional semantics:
+files in sorted order, ``number_sample_per_shard`` rows per shard, shards never span files, shard
+ids consecutive across files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import duckdb
+import fsspec
+import pyarrow as pa
+
+from dataset_assets.engine.options import INPUT_FORMATS, DownloadOptions
+
+# A multi-byte control sequence as the "delimiter" of txt input, so that every line is one field
+# whatever it contains (commas, tabs, quotes, even a stray 0x1f). DuckDB accepts up to 4 bytes.
+_TXT_DELIMITER = "\x1f\x1e\x1d\x1c"
+# Whitespace stripped around URLs; DuckDB's one-argument trim() only removes spaces.
+_WHITESPACE = " \t\n\r\x0b\x0c"
+# Upper bound on rows per Arrow batch pulled from DuckDB: small shards still get large batches
+# (a batch per 3-row shard would be slow) and huge shards don't make huge batches.
+_MAX_BATCH_ROWS = 65_536
+_MIN_BATCH_ROWS = 8_192
+
+
+class InputError(ValueError):
+    """Bad input: message names the file and, for a missing column, the columns found."""
+
+
+@dataclass
+class InputShard:
+    """One shard's input rows: ``url`` first, then ``caption`` and the other requested columns."""
+
+    shard_id: int
+    table: pa.Table
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal; paths come from users and may contain quotes."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_identifier(name: str) -> str:
+    """A quoted SQL identifier; input column names may contain spaces, quotes or upper case."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _check_format(input_format: str) -> None:
+    if input_format not in INPUT_FORMATS:
+        raise InputError(f"input_format={input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
+
+
+def list_input_files(url_list: str | Sequence[str], input_format: str) -> list[str]:
+    """The input files in img2dataset's order: a folder gives its sorted ``*.{input_format}``.
+
+    Goes through fsspec so that remote URLs (s3://, gs://...) resolve the same way once the
+    DuckDB side can read them (see :func:`connect`).
+    """
+    _check_format(input_format)
+    entries = [url_list] if isinstance(url_list, (str, os.PathLike)) else list(url_list)
+    if not entries:
+        raise InputError("url_list is empty")
+    files: list[str] = []
+    for entry in entries:
+        entry = os.fspath(entry)
+        fs, path = fsspec.core.url_to_fs(entry)
+        local = _is_local(fs)
+        if fs.isdir(path):
+            pattern = path.rstrip("/") + "/*." + input_format
+            found = sorted(fs.glob(pattern))
+            if not found:
+                raise InputError(f"no *.{input_format} files in folder {entry}")
+            files.extend(p if local else fs.unstrip_protocol(p) for p in found)
+        elif fs.isfile(path):
+            files.append(os.path.abspath(path) if local else entry)
+        else:
+            raise InputError(f"input {entry} does not exist")
+    return files
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def source_sql(path: str, input_format: str) -> str:
+    """A DuckDB ``FROM``-able expression reading every column of one input file.
+
+    Text formats are read as VARCHAR: DuckDB infers types from a sample, and a later value that
+    does not fit (a "N/A" after 20k integers) aborts the scan mid-file, after shards were handed
+    out. JSON is sniffed over the whole file for the same reason (its types are explicit, so the
+    columns keep their JSON types). Completely blank txt lines are not rows, as in img2dataset
+    (pyarrow skips them); a line of spaces is a row with an empty URL.
+    """
+    _check_format(input_format)
+    p = sql_string(path)
+    base, _, compressed = input_format.partition(".")
+    compression = ", compression='gzip'" if compressed else ""
+    if base == "txt":
+        return (
+            f"(SELECT url FROM read_csv({p}, header=false, columns={{'url': 'VARCHAR'}}, "
+            f"delim={sql_string(_TXT_DELIMITER)}, quote='', escape='', auto_detect=false, "
+            f"strict_mode=false{compression}) WHERE url IS NOT NULL)"
+        )
+    if base in ("csv", "tsv"):
+        delim = "," if base == "csv" else "\t"
+        return (
+            f"read_csv({p}, header=true, delim={sql_string(delim)}, quote='\"', escape='\"', "
+            f"all_varchar=true{compression})"
+        )
+    if base in ("json", "jsonl"):
+        fmt = "array" if base == "json" else "newline_delimited"
+        return f"read_json({p}, format='{fmt}', sample_size=-1{compression})"
+    return f"read_parquet({p})"
+
+
+def connect(files: Sequence[str] = (), *, threads: int = 2, memory_limit: str | None = None):
+    """A DuckDB connection set up to read ``files`` in order.
+
+    Insertion order is kept explicitly: shard contents and keys are positional. Remote files are
+    read through their fsspec filesystem registered with DuckDB (no httpfs credentials needed).
+    """
+    con = duckdb.connect()
+    con.execute(f"SET threads = {int(threads)}")
+    con.execute("SET preserve_insertion_order = true")
+    if memory_limit:
+        con.execute(f"SET memory_limit = {sql_string(memory_limit)}")
+    registered: set[str] = set()
+    for f in files:
+        fs, _ = fsspec.core.url_to_fs(f)
+        if _is_local(fs):
+            continue
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        if protocol not in registered:
+            con.register_filesystem(fs)
+            registered.add(protocol)
+    return con
+
+
+def input_columns(con: duckdb.DuckDBPyConnection, path: str, input_format: str) -> list[str]:
+    """Column names of one input file, without reading its rows (JSON is sniffed, see source_sql)."""
+    try:
+        rows = con.sql(f"DESCRIBE SELECT * FROM {source_sql(path, input_format)}").fetchall()
+    except duckdb.Error as e:
+        raise InputError(f"cannot read {path} as {input_format}: {e}") from e
+    return [r[0] for r in rows]
+
+
+def _resolve(name: str, found: list[str], what: str, path: str) -> str:
+    """The file's spelling of a requested column; DuckDB itself matches names case-insensitively."""
+    if name in found:
+        return name
+    lowered = [c for c in found if c.lower() == name.lower()]
+    if len(lowered) == 1:
+        return lowered[0]
+    raise InputError(f"{what} {name!r} not found in {path}; columns found: {', '.join(found) or '(none)'}")
+
+
+def _is_empty_file(path: str) -> bool:
+    """A 0-byte file holds no rows; DuckDB would instead invent a column or call it corrupt."""
+    fs, p = fsspec.core.url_to_fs(path)
+    try:
+        return fs.size(p) == 0
+    except OSError:
+        return False
+
+
+def _select_sql(con: duckdb.DuckDBPyConnection, path: str, options: DownloadOptions) -> str:
+    """The per-file query producing the shard columns, after checking that they all exist."""
+    found = input_columns(con, path, options.input_format)
+    url = _resolve(options.url_col, found, "url_col", path)
+    parts = [f"trim(CAST({sql_identifier(url)} AS VARCHAR), {sql_string(_WHITESPACE)}) AS url"]
+    names = {"url"}
+    if options.caption_col is not None:
+        caption = _resolve(options.caption_col, found, "caption_col", path)
+        parts.append(f"{sql_identifier(caption)} AS caption")
+        names.add("caption")
+    extra: list[tuple[str, str]] = [(c, "save_additional_columns") for c in options.save_additional_columns]
+    if options.bbox_col:
+        extra.append((options.bbox_col, "bbox_col"))
+    if options.verify_hash is not None:
+        extra.append((options.verify_hash[0], "verify_hash column"))
+    for name, what in extra:
+        column = _resolve(name, found, what, path)
+        if name in names:
+            continue
+        names.add(name)
+        parts.append(f"{sql_identifier(column)} AS {sql_identifier(name)}")
+    return f"SELECT {', '.join(parts)} FROM {source_sql(path, options.input_format)}"
+
+
+def _batches(con: duckdb.DuckDBPyConnection, sql: str, rows: int, path: str) -> Iterator[pa.RecordBatch]:
+    """Stream a query as Arrow batches; errors (which may surface mid-file) name the file.
+
+    ``con.sql(...).to_arrow_reader`` streams; ``con.execute(...)`` would materialise the result.
+    """
+    try:
+        reader = con.sql(sql).to_arrow_reader(rows)
+        yield from reader
+    except duckdb.Error as e:
+        raise InputError(f"cannot read {path}: {e}") from e
+
+
+def _batch_rows(number_sample_per_shard: int) -> int:
+    return max(_MIN_BATCH_ROWS, min(number_sample_per_shard, _MAX_BATCH_ROWS))
+
+
+def _parquet_rows(con: duckdb.DuckDBPyConnection, path: str) -> int:
+    """Row count from the parquet footer, without reading any data page."""
+    try:
+        return int(con.execute(f"SELECT sum(num_rows) FROM parquet_file_metadata({sql_string(path)})").fetchall()[0][0])
+    except (duckdb.Error, TypeError) as e:
+        raise InputError(f"cannot read {path}: {e}") from e
+
+
+def iter_input_shards(
+    url_list: str | Sequence[str],
+    options: DownloadOptions,
+    *,
+    start_shard_id: int = 0,
+    skip: Callable[[int], bool] | None = None,
+) -> Iterator[InputShard]:
+    """Yield the input shards in order, holding at most about one shard plus one batch in memory.
+
+    ``skip(shard_id)`` true means the shard is done: its rows are dropped as Arrow batches (never
+    turned into Python objects) and, for parquet files whose shards are all skipped, not read at
+    all. Null or empty URLs are kept so that the engine reports them as failed rows.
+    """
+    files = list_input_files(url_list, options.input_format)
+    nsps = options.number_sample_per_shard
+    con = connect(files)
+    shard_id = start_shard_id
+    total = 0
+    try:
+        for path in files:
+            if _is_empty_file(path):
+                continue
+            select = _select_sql(con, path, options)
+            if skip is not None and options.input_format == "parquet":
+                rows = _parquet_rows(con, path)
+                shards = -(-rows // nsps)
+                if all(skip(shard_id + i) for i in range(shards)):
+                    shard_id += shards
+                    total += rows
+                    continue
+            pending: list[pa.RecordBatch] = []
+            pending_rows = 0
+            skipping = False
+            schema: pa.Schema | None = None
+            for batch in _batches(con, select, _batch_rows(nsps), path):
+                schema = batch.schema
+                offset = 0
+                while offset < batch.num_rows:
+                    if pending_rows == 0:
+                        skipping = skip is not None and skip(shard_id)
+                    take = min(nsps - pending_rows, batch.num_rows - offset)
+                    if not skipping:
+                        pending.append(batch.slice(offset, take))
+                    pending_rows += take
+                    offset += take
+                    total += take
+                    if pending_rows == nsps:
+                        if not skipping:
+                            yield InputShard(shard_id, pa.Table.from_batches(pending, schema))
+                        pending, pending_rows = [], 0
+                        shard_id += 1
+            if pending_rows:
+                if not skipping:
+                    yield InputShard(shard_id, pa.Table.from_batches(pending, schema))
+                shard_id += 1
+    finally:
+        con.close()
+    if total == 0:
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        raise InputError(f"input {shown} contains no rows")
+
+
+def count_rows(url_list: str | Sequence[str], options: DownloadOptions) -> int:
+    """Total input rows, for progress bars: parquet from footers, text formats by a DuckDB scan."""
+    files = list_input_files(url_list, options.input_format)
+    con = connect(files)
+    total = 0
+    try:
+        for path in files:
+            if _is_empty_file(path):
+                continue
+            if options.input_format == "parquet":
+                total += _parquet_rows(con, path)
+                continue
+            try:
+                total += int(con.execute(f"SELECT count(*) FROM {source_sql(path, options.input_format)}").fetchall()[0][0])
+            except duckdb.Error as e:
+                raise InputError(f"cannot read {path}: {e}") from e
+    finally:
+        con.close()
+    return total

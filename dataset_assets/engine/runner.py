@@ -1,0 +1,229 @@
+"""Runs shards on a pool of worker processes and writes them as results stream back.
+
+Why a pool that outlives one shard: spawning workers costs about a second each, and with
+several shards in flight the tail of one shard (its slowest requests) overlaps the start of
+the next, so the cores never idle waiting for stragglers. Each shard is still committed on its
+own, atomically, as soon as its last row is back.
+
+The parent process only routes results and writes files; workers do all fetching and image
+work. Any exit from the pool (normal, exception, KeyboardInterrupt, a Dagster run
+termination) terminates the workers: none outlives the pool.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from dataset_assets.engine.options import DownloadOptions
+from dataset_assets.engine.records import FetchTask, shard_name
+from dataset_assets.engine.stats import ShardStats
+from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.engine.worker import drain, worker_main
+from dataset_assets.engine.writers import ShardWriter, stats_name
+
+TASK_CHUNK = 16
+RESULT_POLL_S = 0.5
+JOIN_TIMEOUT_S = 5.0
+
+
+@dataclass
+class InputShard:
+    """A shard's input rows: a ``url`` column plus caption / additional columns."""
+
+    shard_id: int
+    table: pa.Table
+
+
+def is_shard_complete(output: OutputFolder, shard_id: int, options: DownloadOptions) -> bool:
+    return output.exists(stats_name(shard_name(shard_id, options.oom_shard_count)))
+
+
+def read_shard_stats(output: OutputFolder, shard_id: int, options: DownloadOptions) -> ShardStats:
+    stats = ShardStats.from_json(
+        output.read_json(stats_name(shard_name(shard_id, options.oom_shard_count))), shard_id
+    )
+    stats.skipped = True
+    return stats
+
+
+class WorkerCrashed(RuntimeError):
+    """A worker process died (killed, out of memory, codec crash); its shards are not committed."""
+
+
+class DownloadPool:
+    """A set of worker processes shared by the shards given to :meth:`run`."""
+
+    def __init__(self, options: DownloadOptions, output_folder: str | OutputFolder) -> None:
+        self.options = options
+        self.output = output_folder if isinstance(output_folder, OutputFolder) else OutputFolder(output_folder)
+        self._ctx = multiprocessing.get_context("spawn")
+        # Bounded: the feeder stays at most a few chunks ahead of the workers (memory window).
+        self._tasks: Any = self._ctx.Queue(maxsize=options.processes_count * 4)
+        self._results: Any = self._ctx.Queue()
+        self._processes: list[Any] = []
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self._processes if p.pid is not None]
+
+    def __enter__(self) -> DownloadPool:
+        for _ in range(self.options.processes_count):
+            process = self._ctx.Process(
+                target=worker_main,
+                args=(self.options, self._tasks, self._results, os.getpid()),
+                daemon=True,
+            )
+            process.start()
+            self._processes.append(process)
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close(graceful=exc_type is None)
+
+    def close(self, graceful: bool = True) -> None:
+        """Stop the workers: politely after a clean run, at once after any exception."""
+        if graceful:
+            for _ in self._processes:
+                try:
+                    self._tasks.put(None, timeout=JOIN_TIMEOUT_S)
+                except queue.Full:
+                    break
+            deadline = time.monotonic() + JOIN_TIMEOUT_S
+            for process in self._processes:
+                process.join(max(0.0, deadline - time.monotonic()))
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+        for process in self._processes:
+            process.join(JOIN_TIMEOUT_S)
+            if process.is_alive():
+                process.kill()
+                process.join(JOIN_TIMEOUT_S)
+        self._processes.clear()
+        drain(self._results, 0.2)
+        for q in (self._tasks, self._results):
+            q.cancel_join_thread()
+            q.close()
+
+    def run(
+        self,
+        shards: Iterable[InputShard],
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Iterator[ShardStats]:
+        """Download shards, yielding each one's stats as it is committed (completion order).
+
+        Shards already complete in the output folder are yielded at once, marked skipped,
+        unless ``incremental_mode`` is ``overwrite``.
+        """
+        writers: dict[int, ShardWriter] = {}
+        lock = threading.Lock()
+        finished: queue.SimpleQueue[ShardStats] = queue.SimpleQueue()
+        feeder_error: list[BaseException] = []
+        feeding_done = threading.Event()
+        stop = threading.Event()
+
+        def feed() -> None:
+            try:
+                for shard in shards:
+                    if stop.is_set():
+                        return
+                    if self.options.incremental_mode == "incremental" and is_shard_complete(
+                        self.output, shard.shard_id, self.options
+                    ):
+                        finished.put(read_shard_stats(self.output, shard.shard_id, self.options))
+                        continue
+                    writer = ShardWriter(self.output, self.options, shard.shard_id, shard.table)
+                    with lock:
+                        writers[shard.shard_id] = writer
+                    for chunk in _task_chunks(shard, self.options):
+                        while not stop.is_set():
+                            try:
+                                self._tasks.put(chunk, timeout=RESULT_POLL_S)
+                                break
+                            except queue.Full:
+                                continue
+            except BaseException as error:
+                feeder_error.append(error)
+            finally:
+                feeding_done.set()
+
+        feeder = threading.Thread(target=feed, name="shard-feeder", daemon=True)
+        feeder.start()
+        try:
+            while True:
+                # Read before looking at the writers: once set, no writer can appear later.
+                all_fed = feeding_done.is_set()
+                while not finished.empty():
+                    yield finished.get()
+                with lock:
+                    complete = [writers.pop(s) for s in [s for s, w in writers.items() if w.done]]
+                    idle = not writers
+                for writer in complete:
+                    yield writer.close()
+                if feeder_error:
+                    raise feeder_error[0]
+                if idle and all_fed and finished.empty():
+                    return
+                try:
+                    batch = self._results.get(timeout=RESULT_POLL_S)
+                except queue.Empty:
+                    self._check_workers()
+                    continue
+                with lock:
+                    for result in batch:
+                        writers[result.shard_id].add(result)
+                if on_progress is not None:
+                    on_progress(len(batch))
+        except BaseException:
+            stop.set()
+            with lock:
+                for writer in writers.values():
+                    writer.abort()
+                writers.clear()
+            raise
+        finally:
+            stop.set()
+            feeder.join(JOIN_TIMEOUT_S)
+
+    def _check_workers(self) -> None:
+        dead = [p for p in self._processes if not p.is_alive()]
+        if dead:
+            codes = ", ".join(f"pid {p.pid} exit {p.exitcode}" for p in dead)
+            raise WorkerCrashed(f"worker process died ({codes}); unfinished shards were not committed")
+
+
+def _task_chunks(shard: InputShard, options: DownloadOptions) -> Iterator[list[FetchTask]]:
+    table = shard.table
+    urls = table.column("url").to_pylist()
+    bboxes = table.column(options.bbox_col).to_pylist() if options.bbox_col else None
+    hashes = table.column(options.verify_hash[0]).to_pylist() if options.verify_hash else None
+    for start in range(0, len(urls), TASK_CHUNK):
+        stop = min(start + TASK_CHUNK, len(urls))
+        yield [
+            FetchTask(
+                shard.shard_id,
+                i,
+                urls[i],
+                bboxes[i] if bboxes is not None else None,
+                hashes[i] if hashes is not None else None,
+            )
+            for i in range(start, stop)
+        ]
+
+
+def download_shard(
+    rows: pa.Table, output_folder: str, options: DownloadOptions, shard_id: int = 0
+) -> ShardStats:
+    """Download one shard with a pool of its own (the API the Dagster asset calls)."""
+    with DownloadPool(options, output_folder) as pool:
+        (stats,) = list(pool.run([InputShard(shard_id, rows)]))
+    return stats

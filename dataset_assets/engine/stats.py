@@ -1,0 +1,75 @@
+"""Per-shard statistics: img2dataset's ``NNNNN_stats.json`` fields plus our own additions."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dataset_assets.engine.records import FAILED_TO_DOWNLOAD, FAILED_TO_RESIZE, SUCCESS, SampleResult
+
+# Distinct error strings kept per shard; the rest are folded into one bucket so a shard of
+# 10 000 unique messages cannot bloat the stats file.
+MAX_DISTINCT_ERRORS = 1000
+OTHER_ERRORS = "other errors"
+
+
+@dataclass
+class ShardStats:
+    shard_id: int
+    count: int = 0
+    successes: int = 0
+    failed_to_download: int = 0
+    failed_to_resize: int = 0
+    duration: float = 0.0
+    start_time: float = 0.0
+    end_time: float = 0.0
+    status_dict: dict[str, int] = field(default_factory=dict)
+    bytes_downloaded: int = 0
+    bytes_written: int = 0
+    skipped: bool = False  # True when the shard was already complete and not downloaded again
+    files: list[str] = field(default_factory=list)
+    # sha256 of each committed shard file, so verification can detect later corruption.
+    checksums: dict[str, str] = field(default_factory=dict)
+    # Rows handled per worker process: shows how evenly one shard was spread over the cores.
+    rows_per_worker: dict[str, int] = field(default_factory=dict)
+
+    def record(self, result: SampleResult) -> None:
+        self.count += 1
+        self.bytes_downloaded += result.bytes_downloaded
+        worker = str(result.worker_pid)
+        self.rows_per_worker[worker] = self.rows_per_worker.get(worker, 0) + 1
+        if result.status == SUCCESS:
+            self.successes += 1
+            key = SUCCESS
+        else:
+            if result.status == FAILED_TO_RESIZE:
+                self.failed_to_resize += 1
+            else:
+                self.failed_to_download += 1
+            key = result.error_message or result.status
+        if key not in self.status_dict and len(self.status_dict) >= MAX_DISTINCT_ERRORS:
+            key = OTHER_ERRORS
+        self.status_dict[key] = self.status_dict.get(key, 0) + 1
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.count if self.count else 0.0
+
+    @property
+    def images_per_sec(self) -> float:
+        return self.count / self.duration if self.duration > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["status_dict"] = dict(collections.Counter(self.status_dict).most_common())
+        payload["success_rate"] = self.success_rate
+        payload["images_per_sec"] = self.images_per_sec
+        return payload
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any], shard_id: int | None = None) -> ShardStats:
+        known = {k: payload[k] for k in cls.__dataclass_fields__ if k in payload}
+        if shard_id is not None:
+            known["shard_id"] = shard_id
+        return cls(**known)

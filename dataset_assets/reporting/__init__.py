@@ -1,0 +1,1 @@
+"""Dataset-level verification and the dataset card: plain code, no Dagster imports."""

@@ -1,0 +1,223 @@
+"""The dataset card: a README for the data, written next to it.
+
+Whoever finds the shards later (a colleague, a training job's log, a data audit) should learn
+from one file where the images came from, how they were filtered and processed, what failed,
+which opt-outs were honoured, and what the images look like.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import yaml
+
+from dataset_assets.engine.fetch import user_agent
+from dataset_assets.engine.options import DownloadOptions
+from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.engine.writers import stats_name
+
+CARD_NAME = "DATASET_CARD.md"
+GRID_NAME = "DATASET_CARD_samples.jpg"
+THUMB = 96
+GRID_COLUMNS = 8
+GRID_ROWS = 4
+SIZE_BUCKETS = (0, 128, 256, 512, 1024, 2048, 4096)
+OPT_OUT_MARKERS = ("X-Robots-Tag", "robots.txt")
+
+
+@dataclass
+class CardInputs:
+    title: str
+    spec: dict[str, Any]
+    shard_keys: list[str]
+    options: DownloadOptions
+    filter_report: dict[str, Any] | None = None
+    verification: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Card:
+    markdown: str
+    grid_jpeg: bytes | None
+    totals: dict[str, float]
+
+
+def build_card(output_folder: str, inputs: CardInputs) -> Card:
+    output = OutputFolder(output_folder)
+    statuses: Counter[str] = Counter()
+    totals = Counter({"shards": 0, "rows": 0, "successes": 0, "bytes_written": 0})
+    short_sides: list[int] = []
+    for shard in inputs.shard_keys:
+        if not output.exists(stats_name(shard)):
+            continue
+        stats = output.read_json(stats_name(shard))
+        totals.update(
+            shards=1, rows=stats["count"], successes=stats["successes"], bytes_written=stats.get("bytes_written", 0)
+        )
+        statuses.update(stats["status_dict"])
+        if inputs.options.output_format != "dummy":
+            table = pq.read_table(output.path(f"{shard}.parquet"), columns=["original_width", "original_height"])
+            widths = table.column("original_width").to_pylist()
+            heights = table.column("original_height").to_pylist()
+            short_sides += [min(w, h) for w, h in zip(widths, heights, strict=True) if w is not None and h is not None]
+    grid = _thumbnail_grid(output, inputs)
+    rate = totals["successes"] / totals["rows"] if totals["rows"] else 0.0
+    markdown = _render(inputs, totals, rate, statuses, short_sides, grid is not None)
+    return Card(markdown, grid, {**totals, "success_rate": rate})
+
+
+def write_card(output_folder: str, card: Card) -> list[str]:
+    output = OutputFolder(output_folder)
+    paths = []
+    if card.grid_jpeg is not None:
+        tmp, handle = output.open_tmp(GRID_NAME)
+        with handle:
+            handle.write(card.grid_jpeg)
+        output.commit(tmp, GRID_NAME)
+        paths.append(output.path(GRID_NAME))
+    tmp, handle = output.open_tmp(CARD_NAME)
+    with handle:
+        handle.write(card.markdown.encode())
+    output.commit(tmp, CARD_NAME)
+    paths.append(output.path(CARD_NAME))
+    return paths
+
+
+def _render(
+    inputs: CardInputs,
+    totals: Counter[str],
+    rate: float,
+    statuses: Counter[str],
+    short_sides: list[int],
+    has_grid: bool,
+) -> str:
+    options = inputs.options
+    opted_out = sum(n for message, n in statuses.items() if any(m in message for m in OPT_OUT_MARKERS))
+    lines = [
+        f"# {inputs.title}",
+        "",
+        f"Built {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} by dataset_assets from "
+        f"`{inputs.spec.get('url_list')}`.",
+        "",
+        "## Totals",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| shards | {totals['shards']} of {len(inputs.shard_keys)} registered |",
+        f"| input rows | {totals['rows']} |",
+        f"| images stored | {totals['successes']} |",
+        f"| success rate | {rate:.1%} |",
+        f"| bytes written | {totals['bytes_written']:,} |",
+        f"| format | {options.output_format}, {options.encode_format} q{options.encode_quality}, "
+        f"{options.resize_mode} {options.image_size}px |",
+        "",
+    ]
+    if inputs.filter_report:
+        report = inputs.filter_report
+        lines += ["## URL-list filtering", "", "| rule | rows removed |", "|---|---|"]
+        lines += [f"| {rule} | {count} |" for rule, count in report.get("removed", {}).items()]
+        lines += [f"| **kept** | **{report.get('rows_out')}** of {report.get('rows_in')} |", ""]
+        for rule, why in report.get("skipped_rules", {}).items():
+            lines.append(f"- `{rule}` not applied: {why}")
+        lines.append("")
+    lines += ["## Status breakdown", "", "| status / error | rows |", "|---|---|"]
+    lines += [f"| {message.replace('|', '/')} | {n} |" for message, n in statuses.most_common(20)]
+    lines += ["", "## Original image sizes (shorter side, px)", "", "| range | images |", "|---|---|"]
+    lines += _histogram(short_sides)
+    lines += [
+        "",
+        "## Crawling etiquette",
+        "",
+        f"- User agent: `{user_agent(options.user_agent_token)}`",
+        f"- X-Robots-Tag directives honoured: {', '.join(options.disallowed_header_directives) or 'none'}",
+        f"- Rows not stored because the site opted out: {opted_out}",
+        f"- At most {options.max_connections_per_host} connections per host per worker process;"
+        f" total deadline {options.timeout:g}s per request",
+        "",
+        "## Licence",
+        "",
+        "The images remain the property of their owners; this dataset stores URLs, captions and",
+        "resized copies for research use. Check the source terms before redistributing, and honour",
+        "removal requests by deleting the rows by key.",
+        "",
+    ]
+    if has_grid:
+        lines += ["## Samples", "", f"![samples]({GRID_NAME})", ""]
+    lines += ["## Spec", "", "```yaml", yaml.safe_dump(inputs.spec, sort_keys=True).rstrip(), "```", ""]
+    if inputs.verification:
+        failed = [n for n, c in inputs.verification.get("checks", {}).items() if not c["passed"]]
+        lines += ["## Verification", "", f"Checks failed: {', '.join(failed) or 'none'}", ""]
+    return "\n".join(lines)
+
+
+def _histogram(values: list[int]) -> list[str]:
+    counts = Counter()
+    for value in values:
+        bucket = max(b for b in SIZE_BUCKETS if value >= b)
+        counts[bucket] += 1
+    rows = []
+    for low, high in zip(SIZE_BUCKETS, (*SIZE_BUCKETS[1:], None), strict=True):
+        label = f"{low}–{high - 1}" if high else f"≥ {low}"
+        rows.append(f"| {label} | {counts.get(low, 0)} |")
+    return rows
+
+
+def _thumbnail_grid(output: OutputFolder, inputs: CardInputs) -> bytes | None:
+    """A grid of the first stored images (webdataset and files formats)."""
+    wanted = GRID_COLUMNS * GRID_ROWS
+    thumbs: list[np.ndarray] = []
+    for data in _first_images(output, inputs, wanted):
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            continue
+        h, w = image.shape[:2]
+        scale = THUMB / max(h, w)
+        small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        tile = np.full((THUMB, THUMB, 3), 255, np.uint8)
+        y, x = (THUMB - small.shape[0]) // 2, (THUMB - small.shape[1]) // 2
+        tile[y : y + small.shape[0], x : x + small.shape[1]] = small
+        thumbs.append(tile)
+    if not thumbs:
+        return None
+    while len(thumbs) % GRID_COLUMNS:
+        thumbs.append(np.full((THUMB, THUMB, 3), 255, np.uint8))
+    rows = [np.hstack(thumbs[i : i + GRID_COLUMNS]) for i in range(0, len(thumbs), GRID_COLUMNS)]
+    ok, encoded = cv2.imencode(".jpg", np.vstack(rows), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return encoded.tobytes() if ok else None
+
+
+def _first_images(output: OutputFolder, inputs: CardInputs, wanted: int) -> list[bytes]:
+    found: list[bytes] = []
+    ext = inputs.options.encode_format
+    for shard in inputs.shard_keys:
+        if len(found) >= wanted:
+            break
+        if inputs.options.output_format == "webdataset" and output.exists(f"{shard}.tar"):
+            with output.fs.open(output.path(f"{shard}.tar"), "rb") as handle, tarfile.open(
+                fileobj=handle, mode="r|"
+            ) as tar:
+                for member in tar:
+                    if member.name.endswith(f".{ext}"):
+                        extracted = tar.extractfile(member)
+                        if extracted is not None:
+                            found.append(extracted.read())
+                    if len(found) >= wanted:
+                        break
+        elif inputs.options.output_format == "files":
+            for path in sorted(output.fs.glob(output.path(shard, f"*.{ext}")))[: wanted - len(found)]:
+                found.append(output.fs.cat_file(path))
+    return found
+
+
+def card_spec(spec_values: dict[str, Any]) -> dict[str, Any]:
+    """The spec as shown on the card: JSON-safe and without secrets-looking keys."""
+    return json.loads(json.dumps({k: v for k, v in spec_values.items() if "secret" not in k}, default=str))

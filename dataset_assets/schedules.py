@@ -1,0 +1,44 @@
+"""Keep downloading missing or failed shards without anyone clicking.
+
+``image_shards`` also carries ``AutomationCondition.on_missing()`` (new partitions are
+requested once when the automation sensor runs); this schedule is the retry loop for shards
+whose run failed, which on_missing does not request again.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from dataset_assets.assets.shards import image_shards
+from dataset_assets.partitions import shards_partitions
+
+# A bounded number of run requests per tick keeps the tick fast and the run queue sane.
+MAX_REQUESTS_PER_TICK = 500
+
+download_shards_job = dg.define_asset_job(
+    "download_shards",
+    selection=dg.AssetSelection.assets(image_shards),
+    partitions_def=shards_partitions,
+    executor_def=dg.in_process_executor,
+)
+
+
+def missing_shard_keys(instance: dg.DagsterInstance) -> list[str]:
+    """Registered shards with no successful materialization and no run in progress."""
+    keys = instance.get_dynamic_partitions(shards_partitions.name)
+    statuses = instance.get_status_by_partition(image_shards.key, keys, shards_partitions)
+    return [
+        key
+        for key in keys
+        if statuses.get(key) in (None, dg.AssetPartitionStatus.FAILED)
+    ]
+
+
+@dg.schedule(job=download_shards_job, cron_schedule="*/15 * * * *", default_status=dg.DefaultScheduleStatus.STOPPED)
+def resume_missing_shards(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
+    """Every 15 minutes, request a run for each shard that is missing or failed."""
+    missing = missing_shard_keys(context.instance)[:MAX_REQUESTS_PER_TICK]
+    if not missing:
+        return dg.SkipReason("every registered shard is materialized or in progress")
+    stamp = f"{context.scheduled_execution_time:%Y%m%d%H%M}" if context.scheduled_execution_time else "now"
+    return [dg.RunRequest(partition_key=key, run_key=f"{stamp}-{key}") for key in missing]

@@ -1,0 +1,456 @@
+"""Real-codec tests for the engine's image path: every image is generated here, nothing is mocked."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+from PIL.TiffImagePlugin import IFDRational
+
+from dataset_assets.engine.image import ImageProcessor, ImageRejected, ProcessedImage
+from dataset_assets.engine.options import INTERPOLATIONS, DownloadOptions
+
+RED = (0, 0, 255)  # BGR
+BLUE = (255, 0, 0)
+
+
+def processor(**options: object) -> ImageProcessor:
+    if options.get("encode_format") == "png":
+        options.setdefault("encode_quality", 1)  # the PNG compression level; 95 is invalid there
+    return ImageProcessor(DownloadOptions(**options))
+
+
+def textured(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A photo-like BGR image: smooth structure, edges and mild noise (JPEG-compressible)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    planes = [
+        (np.sin(x / 13) + np.cos(y / 7)) * 60 + 128,
+        x / width * 255,
+        np.sin((x + y) / 5) * 100 + 128,
+    ]
+    image = np.stack(planes, axis=-1) + rng.normal(0, 3, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def cv_encode(image: np.ndarray, ext: str = ".png", params: list[int] | None = None) -> bytes:
+    ok, buffer = cv2.imencode(ext, image, params or [])
+    assert ok
+    return buffer.tobytes()
+
+
+def pil_encode(image: Image.Image, fmt: str, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def decode(result: ProcessedImage) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(result.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image is not None
+    assert (image.shape[1], image.shape[0]) == (result.width, result.height)
+    return image
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+# ------------------------------------------------------------------ geometry
+GEOMETRY = [
+    # mode, (w, h) in, only_if_bigger, (w, h) out
+    ("border", (400, 300), False, (256, 256)),
+    ("border", (300, 400), False, (256, 256)),
+    ("border", (100, 50), False, (256, 256)),
+    ("border", (100, 50), True, (100, 50)),
+    ("border", (400, 300), True, (256, 256)),
+    ("keep_ratio", (400, 300), False, (341, 256)),
+    ("keep_ratio", (300, 400), False, (256, 341)),
+    ("keep_ratio", (100, 50), False, (512, 256)),
+    ("keep_ratio", (100, 50), True, (100, 50)),
+    ("keep_ratio", (600, 200), True, (600, 200)),  # min side 200 <= 256: kept as is
+    ("keep_ratio_largest", (400, 300), False, (256, 192)),
+    ("keep_ratio_largest", (300, 400), False, (192, 256)),
+    ("keep_ratio_largest", (100, 50), False, (256, 128)),
+    ("keep_ratio_largest", (100, 50), True, (100, 50)),
+    ("keep_ratio_largest", (512, 101), False, (256, 50)),  # 50.5 -> 50: banker's rounding
+    ("keep_ratio_largest", (512, 103), False, (256, 52)),  # 51.5 -> 52
+    ("center_crop", (400, 300), False, (256, 256)),
+    ("center_crop", (300, 400), False, (256, 256)),
+    ("center_crop", (100, 50), False, (256, 256)),
+    ("center_crop", (100, 50), True, (100, 50)),
+    ("no", (400, 300), False, (400, 300)),
+    ("no", (100, 50), False, (100, 50)),
+]
+
+
+@pytest.mark.parametrize(("mode", "size_in", "only_if_bigger", "size_out"), GEOMETRY)
+def test_resize_geometry(
+    mode: str, size_in: tuple[int, int], only_if_bigger: bool, size_out: tuple[int, int]
+) -> None:
+    width, height = size_in
+    raw = cv_encode(textured(height, width))
+    result = processor(resize_mode=mode, resize_only_if_bigger=only_if_bigger, encode_format="png").process(
+        raw
+    )
+    assert (result.width, result.height) == size_out
+    assert (result.original_width, result.original_height) == size_in
+    decode(result)
+
+
+def test_border_pads_white_with_odd_pixel_at_bottom() -> None:
+    # 400x301 -> 256x193 (301 * 0.64 = 192.64), so 63 rows of padding: 31 on top, 32 below.
+    raw = cv_encode(np.zeros((301, 400, 3), np.uint8))
+    out = decode(processor(resize_mode="border", encode_format="png").process(raw))
+    assert out.shape == (256, 256, 3)
+    assert (out[:31] == 255).all() and (out[-32:] == 255).all()
+    assert (out[31:-32] == 0).all()
+
+
+def test_border_pads_left_and_right_for_portrait() -> None:
+    raw = cv_encode(np.zeros((400, 300, 3), np.uint8))  # -> 192x256, 32 columns each side
+    out = decode(processor(resize_mode="border", encode_format="png").process(raw))
+    assert (out[:, :32] == 255).all() and (out[:, -32:] == 255).all()
+    assert (out[:, 32:-32] == 0).all()
+
+
+def test_center_crop_matches_reference_pixels() -> None:
+    image = textured(300, 400)
+    result = processor(resize_mode="center_crop", encode_format="png").process(cv_encode(image))
+    reference = cv2.resize(image, (341, 256), interpolation=cv2.INTER_AREA)[:, 42:298]
+    assert np.array_equal(decode(result), reference)
+
+
+def test_upscale_uses_upscale_interpolation() -> None:
+    image = textured(50, 100)
+    result = processor(
+        resize_mode="keep_ratio", upscale_interpolation="nearest", encode_format="png"
+    ).process(cv_encode(image))
+    assert np.array_equal(decode(result), cv2.resize(image, (512, 256), interpolation=cv2.INTER_NEAREST))
+
+
+@pytest.mark.parametrize("name", INTERPOLATIONS)
+def test_every_interpolation_name_works(name: str) -> None:
+    raw = cv_encode(textured(60, 80))
+    down = processor(resize_mode="keep_ratio", image_size=32, downscale_interpolation=name).process(raw)
+    assert (down.width, down.height) == (43, 32)  # 80 * 32 / 60 = 42.67
+    up = processor(resize_mode="keep_ratio", image_size=128, upscale_interpolation=name).process(raw)
+    assert (up.width, up.height) == (171, 128)
+
+
+def test_extreme_aspect_ratio_keeps_one_pixel() -> None:
+    raw = cv_encode(np.zeros((1, 3000, 3), np.uint8))
+    result = processor(resize_mode="keep_ratio_largest", encode_format="png").process(raw)
+    assert (result.width, result.height) == (256, 1)
+
+
+# ------------------------------------------------------------------- encoding
+@pytest.mark.parametrize("fmt", ["jpg", "png", "webp"])
+def test_each_encode_format_round_trips(fmt: str) -> None:
+    quality = 6 if fmt == "png" else 90
+    raw = cv_encode(textured(300, 400), ".jpg")
+    result = processor(encode_format=fmt, encode_quality=quality, resize_mode="keep_ratio_largest").process(
+        raw
+    )
+    signature = {"jpg": b"\xff\xd8", "png": b"\x89PNG", "webp": b"RIFF"}[fmt]
+    assert result.data.startswith(signature)
+    assert decode(result).shape == (192, 256, 3)
+
+
+# ----------------------------------------------------------------- decoding
+def test_alpha_png_is_composited_on_white() -> None:
+    image = np.zeros((10, 30, 4), np.uint8)
+    image[..., 2] = 255  # red everywhere...
+    image[:, :10, 3] = 0  # ...fully transparent on the left,
+    image[:, 10:20, 3] = 128  # half transparent in the middle,
+    image[:, 20:, 3] = 255  # opaque on the right
+    out = decode(processor(resize_mode="no", encode_format="png").process(cv_encode(image)))
+    assert out.shape == (10, 30, 3)
+    assert (out[:, :10] == 255).all()
+    assert np.abs(out[0, 15].astype(int) - (127, 127, 255)).max() <= 1
+    assert (out[:, 20:] == RED).all()
+
+
+def test_sixteen_bit_png_becomes_eight_bit() -> None:
+    image = np.full((20, 30, 3), 40000, np.uint16)
+    out = decode(processor(resize_mode="no", encode_format="png").process(cv_encode(image)))
+    assert out.dtype == np.uint8 and (out == 40000 // 256).all()
+
+
+def test_sixteen_bit_png_with_alpha() -> None:
+    image = np.full((20, 30, 4), 40000, np.uint16)
+    image[:, :15, 3] = 0
+    image[:, 15:, 3] = 65535
+    out = decode(processor(resize_mode="no", encode_format="png").process(cv_encode(image)))
+    assert out.dtype == np.uint8
+    assert (out[:, :15] == 255).all() and (out[:, 15:] == 40000 // 256).all()
+
+
+def test_grayscale_and_gray_alpha_inputs() -> None:
+    gray = pil_encode(Image.new("L", (33, 17), 128), "JPEG", quality=95)
+    out = decode(processor(resize_mode="no", encode_format="png").process(gray))
+    assert out.shape == (17, 33, 3) and np.abs(out.astype(int) - 128).max() <= 2
+    la = np.zeros((10, 20, 2), np.uint8)
+    la[..., 0] = 100
+    la[:, 10:, 1] = 255
+    out = decode(
+        processor(resize_mode="no", encode_format="png").process(pil_encode(Image.fromarray(la, "LA"), "PNG"))
+    )
+    assert (out[:, :10] == 255).all() and (out[:, 10:] == 100).all()
+
+
+def test_cmyk_jpeg_decodes_to_right_colour() -> None:
+    raw = pil_encode(Image.new("CMYK", (64, 32), (0, 255, 255, 0)), "JPEG", quality=95)  # red
+    for size in (256, 16):  # upscale (full decode) and downscale (reduced decode)
+        out = decode(
+            processor(image_size=size, resize_mode="keep_ratio_largest", encode_format="png").process(raw)
+        )
+        assert np.abs(out[out.shape[0] // 2, out.shape[1] // 2].astype(int) - RED).max() <= 8
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG"])
+def test_palette_image_with_transparency(fmt: str) -> None:
+    index = np.zeros((10, 20), np.uint8)
+    index[:, 10:] = 1  # right half: palette entry 1 (blue); left half: entry 0, transparent
+    image = Image.fromarray(index, "P")
+    image.putpalette([0, 0, 0, 0, 0, 255] + [0] * (254 * 3))
+    raw = pil_encode(image, fmt, transparency=0)
+    out = decode(processor(resize_mode="no", encode_format="png").process(raw))
+    assert (out[:, :10] == 255).all()
+    assert (out[:, 10:] == BLUE).all()
+
+
+def test_webp_input_and_skip_reencode() -> None:
+    raw = cv_encode(textured(90, 120), ".webp", [cv2.IMWRITE_WEBP_QUALITY, 80])
+    result = processor(resize_mode="keep_ratio_largest", image_size=60).process(raw)
+    assert (result.width, result.height, result.original_width) == (60, 45, 120)
+    kept = processor(resize_mode="no", encode_format="webp", skip_reencode=True).process(raw)
+    assert kept.data == raw and (kept.width, kept.height) == (120, 90)
+
+
+def test_first_gif_frame_is_used() -> None:
+    frames = [Image.new("RGB", (16, 8), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    out = decode(processor(resize_mode="no", encode_format="png").process(buffer.getvalue()))
+    assert (out == RED).all()
+
+
+# ------------------------------------------------------------------ orientation
+def exif_with_orientation(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif.get_ifd(0x8769)[0x9003] = "2021:06:01 12:00:00"
+    return exif
+
+
+def test_exif_rotated_jpeg_is_upright() -> None:
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = RED  # the left half of the stored image...
+    stored[:, 20:] = BLUE
+    source = Image.fromarray(cv2.cvtColor(stored, cv2.COLOR_BGR2RGB))
+    raw = pil_encode(source, "JPEG", quality=95, exif=exif_with_orientation(6))
+    result = processor(resize_mode="no", encode_format="png").process(raw)
+    assert (result.width, result.height) == (20, 40)
+    assert (result.original_width, result.original_height) == (20, 40)
+    out = decode(result)
+    # ...is on top once rotated 90 degrees clockwise.
+    assert np.abs(out[5, 10].astype(int) - RED).max() < 30
+    assert np.abs(out[35, 10].astype(int) - BLUE).max() < 30
+    exif = json.loads(result.exif or "")
+    assert exif["Image Orientation"] == "Rotated 90 CW"
+    assert exif["EXIF DateTimeOriginal"] == "2021:06:01 12:00:00"
+    # With a resize the output is the upright image scaled: 128x256 for border's content.
+    resized = processor(resize_mode="keep_ratio_largest").process(raw)
+    assert (resized.width, resized.height, resized.original_width) == (128, 256, 20)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_all_orientations_match_pillow(orientation: int) -> None:
+    source = Image.fromarray(cv2.cvtColor(textured(12, 20), cv2.COLOR_BGR2RGB))
+    raw = pil_encode(source, "PNG", exif=exif_with_orientation(orientation))
+    expected = cv2.cvtColor(
+        np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(raw)))), cv2.COLOR_RGB2BGR
+    )
+    out = decode(processor(resize_mode="no", encode_format="png").process(raw))
+    assert np.array_equal(out, expected)
+    # Resizing before rotating gives the same pixels as rotating first (nearest is exact).
+    result = processor(resize_mode="keep_ratio", image_size=24, upscale_interpolation="nearest").process(raw)
+    assert (result.width, result.height) == ((24, 40) if orientation >= 5 else (40, 24))
+
+
+def test_exif_column_variants() -> None:
+    plain = cv_encode(textured(20, 20), ".jpg")
+    assert processor().process(plain).exif == "{}"
+    tagged = pil_encode(Image.new("RGB", (20, 20)), "JPEG", exif=exif_with_orientation(1))
+    assert processor(extract_exif=False).process(tagged).exif is None
+    exif = Image.Exif()
+    exif[0x011A] = IFDRational(72, 1)
+    exif[0x0128] = 2
+    exif.get_ifd(0x8769)[0x829A] = IFDRational(10, 1000)
+    columns = json.loads(
+        processor().process(pil_encode(Image.new("RGB", (20, 20)), "JPEG", exif=exif)).exif or ""
+    )
+    assert columns["Image XResolution"] == "72"
+    assert columns["Image ResolutionUnit"] == "Pixels/Inch"
+    assert columns["EXIF ExposureTime"] == "1/100"
+
+
+def test_broken_exif_gives_null_column_not_rejection() -> None:
+    raw = pil_encode(Image.new("RGB", (20, 20)), "JPEG", exif=b"Exif\x00\x00XX")
+    result = processor().process(raw)
+    assert result.exif is None and result.width == 256
+
+
+# ---------------------------------------------------------- reduced decoding
+@pytest.mark.parametrize(
+    ("mode", "size_in", "size_out"),
+    [
+        ("border", (1024, 768), (256, 256)),
+        ("keep_ratio", (1001, 777), (330, 256)),
+        ("center_crop", (777, 1001), (256, 256)),
+        ("keep_ratio_largest", (2100, 300), (256, 37)),
+    ],
+)
+def test_reduced_jpeg_decode_matches_full_decode(
+    mode: str, size_in: tuple[int, int], size_out: tuple[int, int]
+) -> None:
+    width, height = size_in
+    raw = cv_encode(textured(height, width), ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95])
+    options = DownloadOptions(resize_mode=mode, encode_format="png", encode_quality=1)
+    fast = ImageProcessor(options).process(raw)
+    full = ImageProcessor(options, reduced_decode=False).process(raw)
+    assert (fast.width, fast.height) == (full.width, full.height) == size_out
+    assert (fast.original_width, fast.original_height) == size_in
+    assert psnr(decode(fast), decode(full)) >= 35
+
+
+def test_reduced_decode_psnr_against_area_reference() -> None:
+    image = textured(768, 1024, seed=3)
+    raw = cv_encode(image, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95])
+    full = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    reference = cv2.resize(full, (256, 192), interpolation=cv2.INTER_AREA)
+    out = decode(processor(resize_mode="keep_ratio_largest", encode_format="png").process(raw))
+    assert out.shape == reference.shape
+    assert psnr(out, reference) >= 35
+
+
+# ---------------------------------------------------------------- rejections
+def test_header_bomb_is_rejected_without_decoding() -> None:
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + png_chunk(b"IEND", b"")
+    )
+    with pytest.raises(
+        ImageRejected, match=r"^image header declares 30000x30000 pixels, over the 100000000-pixel cap$"
+    ):
+        processor().process(bomb)
+
+
+def test_size_filters_use_img2dataset_messages() -> None:
+    raw = cv_encode(textured(30, 90))
+    with pytest.raises(ImageRejected, match=r"^image too small$"):
+        processor(min_image_size=31).process(raw)
+    with pytest.raises(ImageRejected, match=r"^image area too large$"):
+        processor(max_image_area=2699).process(raw)
+    with pytest.raises(ImageRejected, match=r"^aspect ratio too large$"):
+        processor(max_aspect_ratio=2.9).process(raw)
+    assert processor(min_image_size=30, max_image_area=2700, max_aspect_ratio=3).process(raw).width == 256
+
+
+@pytest.mark.parametrize(
+    "raw", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, b"\xff\xd8\xff"]
+)
+def test_garbage_is_a_decoding_error(raw: bytes) -> None:
+    with pytest.raises(ImageRejected, match=r"^Image decoding error$"):
+        processor().process(raw)
+
+
+@pytest.mark.parametrize("fmt", [".jpg", ".png", ".webp"])
+def test_truncated_files_never_raise_anything_else(fmt: str) -> None:
+    raw = cv_encode(textured(300, 400), fmt)
+    for fraction in (0.02, 0.3, 0.7, 0.99):
+        try:
+            result = processor().process(raw[: int(len(raw) * fraction)])
+        except ImageRejected:
+            continue
+        assert (result.width, result.height) == (256, 256)
+
+
+# ----------------------------------------------------------------- skip_reencode
+def test_skip_reencode_keeps_bytes_only_when_pixels_are_unchanged() -> None:
+    jpeg = cv_encode(textured(150, 200), ".jpg")
+    small = {"skip_reencode": True, "resize_only_if_bigger": True}
+    assert processor(**small).process(jpeg).data == jpeg  # border, smaller than 256: untouched
+    assert processor(skip_reencode=True, resize_mode="no").process(jpeg).data == jpeg
+    exact = cv_encode(textured(256, 300), ".jpg")  # keep_ratio to the size it already has
+    assert processor(skip_reencode=True, resize_mode="keep_ratio").process(exact).data == exact
+    # Anything that changes pixels or format is re-encoded.
+    assert processor(skip_reencode=True).process(jpeg).data != jpeg  # padded to 256x256
+    assert processor(**small, encode_format="webp").process(jpeg).data[:4] == b"RIFF"
+    rotated = pil_encode(Image.new("RGB", (40, 20)), "JPEG", exif=exif_with_orientation(6))
+    assert processor(**small).process(rotated).data != rotated
+    rgba = cv_encode(np.zeros((20, 20, 4), np.uint8))
+    assert processor(**small, encode_format="png").process(rgba).data != rgba
+    assert processor(**small).process(jpeg, [[0.1, 0.1, 0.5, 0.5]]).data != jpeg
+    assert processor(**small).process(jpeg, []).data == jpeg
+    assert processor(skip_reencode=False, resize_mode="no").process(jpeg).data != jpeg
+
+
+def test_skip_reencode_still_rejects_undecodable_bytes() -> None:
+    jpeg = cv_encode(textured(150, 200), ".jpg")
+    broken = jpeg[: len(jpeg) // 2]
+    with pytest.raises(ImageRejected, match=r"^Image decoding error$"):
+        processor(skip_reencode=True, resize_mode="no").process(broken)
+
+
+# ------------------------------------------------------------------------ blur
+def test_blur_changes_the_box_and_not_far_outside() -> None:
+    board = (np.indices((200, 200)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    image = cv2.cvtColor(board, cv2.COLOR_GRAY2BGR)
+    raw = cv_encode(image)
+    out = decode(processor(resize_mode="no", encode_format="png").process(raw, [[0.25, 0.25, 0.5, 0.5]]))
+    inside = out[60:90, 60:90]
+    assert inside.std() < 20  # the checkerboard is smoothed to grey
+    # The box (50..100) grows by 10 % of its 50-pixel side: 45..105. Outside that, untouched.
+    assert np.array_equal(out[110:], image[110:]) and np.array_equal(out[:, 110:], image[:, 110:])
+    assert np.array_equal(out[:44], image[:44]) and np.array_equal(out[:, :44], image[:, :44])
+
+
+def test_blur_happens_after_resize_before_padding() -> None:
+    image = cv2.cvtColor((np.indices((100, 200)).sum(axis=0) % 2 * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    out = decode(processor(encode_format="png", image_size=100).process(cv_encode(image), [[0, 0, 1, 1]]))
+    assert out.shape == (100, 100, 3)
+    assert (out[:25] == 255).all() and (out[-25:] == 255).all()  # padding stays pure white
+    assert out[25:75].std() < 20
+
+
+@pytest.mark.parametrize(
+    "boxes",
+    [
+        [[0.1, 0.2]],
+        [["a", 0, 1, 1]],
+        [[0.5, 0.5, 0.1, 0.1]],
+        [[10, 20, 100, 200]],
+        [[0, 0, float("nan"), 1]],
+        [5],
+    ],
+)
+def test_malformed_boxes_are_rejected(boxes: list) -> None:
+    raw = cv_encode(textured(50, 50))
+    with pytest.raises(ImageRejected, match="bounding box"):
+        processor().process(raw, boxes)
