@@ -5,7 +5,6 @@ requested once when the automation sensor runs); this schedule is the retry loop
 whose run failed, which on_missing does not request again.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 

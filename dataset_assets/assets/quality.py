@@ -5,7 +5,6 @@ the same run. Checks whose failure makes the dataset unusable are blocking: the 
 the dataset card is not written.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """Download: one partition per shard, each a call into the engine."""
 
-from __future__ import annotations
 
 import posixpath
 

@@ -1,6 +1,5 @@
 """Ingest: de-duplicate and filter the URL list, then cut it into shard inputs."""
 
-from __future__ import annotations
 
 import dataclasses
 

@@ -696,12 +696,14 @@ def serve_in_subprocess(
     synthetic: int = 0,
     seed: int = 0,
     startup_timeout_s: float = 120.0,
+    quiet: bool = True,
 ) -> SubprocessServer:
     """Start ``python -m dataset_assets.demo.server`` and wait until it reports its port.
 
     ``synthetic`` > 0 makes the child generate that many web-like JPEGs in memory instead of (or
     on top of) serving ``root``. The child dies when its lifetime ends, when
     :meth:`SubprocessServer.stop` is called, or when this process dies (its stdin closes).
+    ``quiet`` drops the child's "serving on" banner; its warnings still reach our stderr.
     """
     config = config if config is not None else ServerConfig()
     cmd = [
@@ -732,6 +734,8 @@ def serve_in_subprocess(
         cmd += ["--synthetic", str(synthetic), "--seed", str(seed)]
     if config.robots_txt != DEFAULT_ROBOTS_TXT:
         cmd += ["--robots-txt", config.robots_txt]
+    if quiet:
+        cmd.append("--quiet")
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     deadline = time.monotonic() + startup_timeout_s
@@ -787,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trickle-interval", type=float, default=0.5)
     parser.add_argument("--max-recorded-paths", type=int, default=10_000)
     parser.add_argument("--robots-txt", default=DEFAULT_ROBOTS_TXT, help="robots.txt body")
+    parser.add_argument("--quiet", action="store_true", help="no banner on stderr")
     parser.add_argument(
         "--ignore-stdin",
         action="store_true",
@@ -813,7 +818,8 @@ def main(argv: list[str] | None = None) -> int:
         images = corpus_images(args.synthetic, args.seed)
     server = ImageServer(root=args.root, images=images, config=config).start()
     print(server.port, flush=True)
-    print(f"serving on {', '.join(server.hosts)} port {server.port} ({server.base_url})", file=sys.stderr)
+    if not args.quiet:
+        print(f"serving on {', '.join(server.hosts)} port {server.port} ({server.base_url})", file=sys.stderr)
     if not args.ignore_stdin:
         threading.Thread(target=_exit_when_stdin_closes, args=(server,), daemon=True).start()
     try:

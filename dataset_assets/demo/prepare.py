@@ -1,0 +1,110 @@
+"""Demo inputs: a folder of generated images, a URL list with realistic warts, and a spec.
+
+The URL list has the problems real lists have (duplicates that differ only in case or
+fragment, non-http rows, captions too short to keep, dead links, an opted-out image), so the
+demo exercises the filters and the per-row statuses, not just the happy path.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from dataset_assets.demo.images import make_image, web_like_sizes
+from dataset_assets.demo.server import ImageServer
+from dataset_assets.spec import DEFAULT_SPEC
+
+CAPTION_WORDS = ("red", "blue", "wide", "tall", "quiet", "busy", "old", "new", "street", "field", "sky", "river")
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    root: Path
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def urls(self) -> Path:
+        return self.root / "urls.csv"
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.yaml"
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster_home"
+
+
+def _write_image(args: tuple[Path, int, int, int]) -> None:
+    path, seed, width, height = args
+    path.write_bytes(make_image(seed, width, height))
+
+
+def generate_images(folder: Path, count: int) -> list[str]:
+    """Write ``count`` images once; later demo runs reuse them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"{i:06d}.jpg" for i in range(count)]
+    todo = [
+        (folder / name, i, w, h)
+        for i, (name, (w, h)) in enumerate(zip(names, web_like_sizes(count), strict=True))
+        if not (folder / name).exists()
+    ]
+    if todo:
+        with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            list(pool.map(_write_image, todo, chunksize=32))
+    return names
+
+
+def caption(i: int) -> str:
+    words = [CAPTION_WORDS[(i * 7 + k * 3) % len(CAPTION_WORDS)] for k in range(2 + i % 4)]
+    return " ".join(words) + f" photo {i}"
+
+
+def write_url_list(path: Path, server: ImageServer, names: list[str]) -> int:
+    rows = [(server.url(name), caption(i), i) for i, name in enumerate(names)]
+    n = len(names)
+    base = len(rows)
+    host = server.base_url.split("//", 1)[1]
+    warts = [
+        (server.url(names[1]).replace(host, host.upper()) + "#top", "duplicate of row 1", base),
+        (f"  {server.url(names[2])}  ", "duplicate of row 2 with spaces", base + 1),
+        ("ftp://127.0.0.1/not-http.jpg", "an ftp link", base + 2),
+        ("not a url at all", "garbage row", base + 3),
+        (server.url(names[3 % n]) + "?size=large", "ok", base + 4),  # caption too short: filtered
+        (server.url_for("/status/404"), "a dead link", base + 5),
+        (server.url_for("/status/410"), "a gone link", base + 6),
+        (server.url_for("/robots-tag/noai/" + names[4 % n]), "an opted-out image", base + 7),
+        (server.url_for("/html"), "an html page instead of an image", base + 8),
+    ]
+    rows += warts
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["url", "caption", "source_id"])
+        writer.writerows(rows)
+    return len(rows)
+
+
+def write_spec(paths: DemoPaths) -> None:
+    spec = yaml.safe_load(DEFAULT_SPEC.read_text())
+    spec.update(url_list=str(paths.urls), output_folder=str(paths.dataset))
+    paths.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def prepare_demo(paths: DemoPaths, server: ImageServer, count: int) -> None:
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.dagster_home.mkdir(exist_ok=True)
+    names = generate_images(paths.images, count)
+    write_url_list(paths.urls, server, names)
+    write_spec(paths)

@@ -1,0 +1,375 @@
+"""URL normalisation, validation, de-duplication and metadata filters, all as DuckDB SQL.
+
+img2dataset downloads every input row, duplicates and unusable URLs included, and leaves LAION
+style metadata filters (size, similarity, NSFW and watermark scores) to separate tooling. Doing
+them here, before sharding, saves the requests and makes the shard inputs a deterministic
+function of (input files, settings). Every rule reports exactly how many rows it removed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import duckdb
+
+from dataset_assets.engine.reader import (
+    InputError,
+    connect,
+    input_columns,
+    list_input_files,
+    source_sql,
+    sql_identifier,
+    sql_string,
+)
+
+_WHITESPACE = " \t\n\r\x0b\x0c"
+# scheme :// [userinfo@] host[:port] path?query [#fragment]
+_URL_PATTERN = r"^([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#@]*@)?([^/?#]*)([^#]*)"
+# A usable authority: an IPv6 literal or a host without spaces, controls or URL delimiters,
+# then an optional numeric port. Non-ASCII (IDN) hosts are allowed as they are.
+_HOSTPORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\x00-\x20\x7f/?#@:\[\]<>\"\\^`{|}%]+)(:[0-9]{0,5})?$"
+# The host of an already normalised URL (lower-case scheme, no fragment).
+_HOST_PATTERN = r"^[a-z][a-z0-9+.\-]*://(?:[^/?#@]*@)?(\[[^\]]*\]|[^/?#:]*)"
+
+_DUCKDB_MEMORY_LIMIT = "2GB"
+_TOP_DOMAINS = 20
+
+
+@dataclass
+class FilterSettings:
+    """Which rows to keep. A filter runs only when set and when its column is in every input file."""
+
+    url_col: str = "url"
+    caption_col: str | None = None
+    save_additional_columns: tuple[str, ...] = ()
+    min_caption_length: int | None = None
+    min_width: int | None = None
+    min_height: int | None = None
+    width_col: str = "WIDTH"  # LAION's names; DuckDB matches column names case-insensitively
+    height_col: str = "HEIGHT"
+    max_aspect_ratio: float | None = None
+    min_similarity: float | None = None
+    similarity_col: str = "similarity"
+    max_punsafe: float | None = None
+    punsafe_col: str = "punsafe"
+    max_pwatermark: float | None = None
+    pwatermark_col: str = "pwatermark"
+    allowed_domains: tuple[str, ...] = ()  # suffix match on the host: example.com keeps img.example.com
+    denied_domains: tuple[str, ...] = ()
+    shuffle_seed: int | None = None  # spreads each host's URLs over the shards, deterministically
+
+    def __post_init__(self) -> None:
+        # Config systems hand over lists (or None) where tuples are stored.
+        for name in ("save_additional_columns", "allowed_domains", "denied_domains"):
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, ())
+            elif isinstance(value, str):
+                setattr(self, name, tuple(v.strip() for v in value.split(",") if v.strip()))
+            else:
+                setattr(self, name, tuple(value))
+
+
+@dataclass
+class FilterReport:
+    """Exact, sequential counts: each rule counts only rows that survived the rules before it."""
+
+    rows_in: int
+    removed: dict[str, int]
+    skipped_rules: dict[str, str]
+    rows_out: int
+    top_domains: list[tuple[str, int]]
+    columns: list[str] = field(default_factory=list)
+
+    def to_metadata(self) -> dict[str, Any]:
+        """Plain JSON-able values, e.g. for Dagster asset metadata."""
+        data = asdict(self)
+        data["top_domains"] = [[d, n] for d, n in self.top_domains]
+        return data
+
+
+def _encode_sql(text: str) -> str:
+    """Percent-encode UTF-8 bytes of spaces, controls and non-ASCII characters; ASCII is untouched.
+
+    The character-by-character path only runs for strings that need it (most URLs are ASCII).
+    """
+    per_char = (
+        f"array_to_string(list_transform(string_split({text}, ''), lambda __nu_c: "
+        "CASE WHEN unicode(__nu_c) BETWEEN 33 AND 126 THEN __nu_c "
+        "ELSE regexp_replace(hex(encode(__nu_c)), '(..)', '%\\1', 'g') END), '')"
+    )
+    return f"CASE WHEN regexp_matches({text}, '[^\\x21-\\x7e]') THEN {per_char} ELSE {text} END"
+
+
+def _normalize_sql(expr: str, *, http_only: bool) -> str:
+    # The URL is parsed once into a struct and bound to a lambda parameter, so the (costly)
+    # regular expression is not repeated for each part.
+    trimmed = f"trim(CAST(({expr}) AS VARCHAR), {sql_string(_WHITESPACE)})"
+    parts = f"regexp_extract({trimmed}, {sql_string(_URL_PATTERN)}, ['scheme', 'userinfo', 'hostport', 'rest'])"
+    encoded = _encode_sql("__nu_p.rest")
+    path = f"CASE WHEN __nu_p.rest = '' OR starts_with(__nu_p.rest, '?') THEN '/' || {encoded} ELSE {encoded} END"
+    condition = "__nu_p.scheme <> ''"
+    if http_only:
+        condition = (
+            "lower(__nu_p.scheme) IN ('http', 'https') "
+            f"AND regexp_matches(__nu_p.hostport, {sql_string(_HOSTPORT_PATTERN)})"
+        )
+    body = (
+        f"CASE WHEN {condition} THEN lower(__nu_p.scheme) || '://' || __nu_p.userinfo "
+        f"|| lower(__nu_p.hostport) || {path} END"
+    )
+    return f"list_transform([{parts}], lambda __nu_p: {body})[1]"
+
+
+def normalize_url_sql(expr: str) -> str:
+    """A SQL expression giving the normalised form of the URL in ``expr`` (NULL if unparseable).
+
+    Two spellings of one resource must compare equal for de-duplication, and the engine should
+    fetch a URL that HTTP clients accept. So: surrounding whitespace trimmed; scheme and host
+    lower-cased (path and query keep their case); the ``#fragment`` dropped (never sent to the
+    server); an empty path becomes ``/``; spaces, control and non-ASCII characters of path and
+    query percent-encoded as UTF-8 bytes, while existing ``%XX`` sequences are left alone.
+    Internationalised host names are only lower-cased, not converted to punycode (DuckDB has no
+    IDNA function); HTTP clients do that conversion when connecting. Anything that is not
+    ``scheme://authority...`` gives NULL.
+    """
+    return _normalize_sql(expr, http_only=False)
+
+
+def host_sql(normalized_url: str) -> str:
+    """The host (without userinfo or port) of a URL produced by :func:`normalize_url_sql`."""
+    return f"regexp_extract({normalized_url}, {sql_string(_HOST_PATTERN)}, 1)"
+
+
+def _domain_regex(domains: Sequence[str]) -> str:
+    cleaned = []
+    for d in domains:
+        d = d.strip().lower().lstrip("*").strip(".")
+        if d:
+            cleaned.append("".join("\\" + ch if ch in r"\.^$|?*+()[]{}" else ch for ch in d))
+    return "(^|\\.)(" + "|".join(cleaned) + ")$" if cleaned else ""
+
+
+def _resolve(name: str, columns: list[str]) -> str | None:
+    """The file's spelling of a column; DuckDB resolves identifiers case-insensitively anyway."""
+    if name in columns:
+        return name
+    matches = [c for c in columns if c.lower() == name.lower()]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _missing_message(what: str, name: str, path: str, columns: list[str]) -> str:
+    return f"{what} {name!r} not found in {path}; columns found: {', '.join(columns) or '(none)'}"
+
+
+def filter_urls(
+    url_list: str | Sequence[str],
+    input_format: str,
+    output_path: str,
+    settings: FilterSettings,
+    *,
+    con: duckdb.DuckDBPyConnection | None = None,
+) -> FilterReport:
+    """Write the normalised, de-duplicated, filtered URL list to one parquet file.
+
+    Rules run in a fixed order (invalid_url, duplicate, then the filters in FilterSettings
+    order) and the first occurrence of a URL in input order is the one kept. Input order is
+    kept unless ``shuffle_seed`` is set. The output holds ``url`` (normalised), ``caption`` if
+    ``caption_col`` is set, the additional columns, and the filter columns present in the input.
+    Unknown filter values (NULL, not a number) pass: the engine still checks the real images.
+    """
+    files = list_input_files(url_list, input_format)
+    own = con is None
+    tmp_dir = tempfile.TemporaryDirectory(prefix="plan-duckdb-") if own else None
+    if con is None:
+        con = connect(files, threads=max(1, min(os.cpu_count() or 1, 8)), memory_limit=_DUCKDB_MEMORY_LIMIT)
+        assert tmp_dir is not None
+        con.execute(f"SET temp_directory = {sql_string(tmp_dir.name)}")
+    suffix = uuid.uuid4().hex[:12]
+    base, firsts = f"__plan_base_{suffix}", f"__plan_first_{suffix}"
+    try:
+        return _filter(con, files, input_format, output_path, settings, base, firsts)
+    finally:
+        for table in (base, firsts):
+            try:
+                con.execute(f"DROP TABLE IF EXISTS {table}")
+            except duckdb.Error:
+                pass
+        if own:
+            con.close()
+            assert tmp_dir is not None
+            tmp_dir.cleanup()
+
+
+def _filter(
+    con: duckdb.DuckDBPyConnection,
+    files: list[str],
+    input_format: str,
+    output_path: str,
+    s: FilterSettings,
+    base: str,
+    firsts: str,
+) -> FilterReport:
+    columns_per_file = {f: input_columns(con, f, input_format) for f in files}
+
+    def require(name: str, what: str) -> None:
+        for f, cols in columns_per_file.items():
+            if _resolve(name, cols) is None:
+                raise InputError(_missing_message(what, name, f, cols))
+
+    def present(name: str) -> tuple[str | None, str]:
+        """The column's spelling if every file has it, else (None, why not)."""
+        lacking = [f for f, cols in columns_per_file.items() if _resolve(name, cols) is None]
+        if not lacking:
+            return _resolve(name, columns_per_file[files[0]]), ""
+        shown = ", ".join(os.path.basename(f) for f in lacking[:3]) + (" ..." if len(lacking) > 3 else "")
+        return None, f"column {name!r} not in {shown}"
+
+    require(s.url_col, "url_col")
+    if s.caption_col is not None:
+        require(s.caption_col, "caption_col")
+    additional = [c for c in dict.fromkeys(s.save_additional_columns) if c.lower() not in ("url", "caption")]
+    for c in additional:
+        require(c, "save_additional_columns")
+
+    # Filter columns: output under the file's spelling, unless already an additional column.
+    taken = {"url", "caption", *(c.lower() for c in additional)}
+    filter_cols: dict[str, str | None] = {}
+    why_absent: dict[str, str] = {}
+    for key, name in (
+        ("width", s.width_col),
+        ("height", s.height_col),
+        ("similarity", s.similarity_col),
+        ("punsafe", s.punsafe_col),
+        ("pwatermark", s.pwatermark_col),
+    ):
+        filter_cols[key], why_absent[key] = present(name)
+    extra_cols = [c for c in dict.fromkeys(v for v in filter_cols.values() if v) if c.lower() not in taken]
+
+    select = [f"{_normalize_sql(sql_identifier(s.url_col), http_only=True)} AS url"]
+    if s.caption_col is not None:
+        select.append(f"{sql_identifier(s.caption_col)} AS caption")
+    select += [f"{sql_identifier(c)} AS {sql_identifier(c)}" for c in additional + extra_cols]
+    out_columns = ["url"] + (["caption"] if s.caption_col is not None else []) + additional + extra_cols
+
+    try:
+        for i, f in enumerate(files):
+            query = f"SELECT {', '.join(select)} FROM {source_sql(f, input_format)}"
+            if i == 0:
+                con.execute(f"CREATE TEMP TABLE {base} AS {query}")
+            else:
+                con.execute(f"INSERT INTO {base} {query}")
+    except duckdb.Error as e:
+        raise InputError(f"cannot read {files[i]}: {e}") from e
+
+    # Rules after invalid_url / duplicate, as (name, SQL condition that removes the row).
+    rules: list[tuple[str, str]] = []
+    skipped: dict[str, str] = {}
+
+    def num(key: str) -> str:
+        return f"TRY_CAST({sql_identifier(filter_cols[key] or '')} AS DOUBLE)"
+
+    if s.min_caption_length is not None:
+        if s.caption_col is None:
+            skipped["min_caption_length"] = "caption_col is not set"
+        else:
+            rules.append(
+                (
+                    "min_caption_length",
+                    f"length(trim(coalesce(CAST(caption AS VARCHAR), ''))) < {int(s.min_caption_length)}",
+                )
+            )
+    for rule, key, value, op in (
+        ("min_width", "width", s.min_width, "<"),
+        ("min_height", "height", s.min_height, "<"),
+    ):
+        if value is None:
+            continue
+        if filter_cols[key] is None:
+            skipped[rule] = why_absent[key]
+        else:
+            rules.append((rule, f"{num(key)} {op} {float(value)!r}"))
+    if s.max_aspect_ratio is not None:
+        if filter_cols["width"] is None or filter_cols["height"] is None:
+            skipped["max_aspect_ratio"] = why_absent["width"] or why_absent["height"]
+        else:
+            w, h = num("width"), num("height")
+            ratio = f"greatest({w}, {h}) / NULLIF(least({w}, {h}), 0)"
+            rules.append(("max_aspect_ratio", f"{ratio} > {float(s.max_aspect_ratio)!r}"))
+    for rule, key, value, op in (
+        ("min_similarity", "similarity", s.min_similarity, "<"),
+        ("max_punsafe", "punsafe", s.max_punsafe, ">"),
+        ("max_pwatermark", "pwatermark", s.max_pwatermark, ">"),
+    ):
+        if value is None:
+            continue
+        if filter_cols[key] is None:
+            skipped[rule] = why_absent[key]
+        else:
+            rules.append((rule, f"{num(key)} {op} {float(value)!r}"))
+    host = f"rtrim({host_sql('url')}, '.')"
+    if s.allowed_domains:
+        pattern = _domain_regex(s.allowed_domains)
+        if pattern:
+            rules.append(("allowed_domains", f"NOT regexp_matches({host}, {sql_string(pattern)})"))
+        else:
+            skipped["allowed_domains"] = "no usable domain given"
+    if s.denied_domains:
+        pattern = _domain_regex(s.denied_domains)
+        if pattern:
+            rules.append(("denied_domains", f"regexp_matches({host}, {sql_string(pattern)})"))
+        else:
+            skipped["denied_domains"] = "no usable domain given"
+
+    con.execute(f"CREATE TEMP TABLE {firsts} AS SELECT min(rowid) AS r FROM {base} WHERE url IS NOT NULL GROUP BY url")
+    names = ["invalid_url", "duplicate"] + [name for name, _ in rules]
+    cases = " ".join(f"WHEN coalesce({cond}, false) THEN {i + 2}" for i, (_, cond) in enumerate(rules))
+    counts = dict(
+        con.execute(
+            f"SELECT CASE WHEN b.url IS NULL THEN 0 WHEN f.r IS NULL THEN 1 {cases} ELSE -1 END AS reason, "
+            f"count(*) FROM {base} b LEFT JOIN {firsts} f ON b.rowid = f.r GROUP BY reason"
+        ).fetchall()
+    )
+    rows_in = sum(counts.values())
+    if rows_in == 0:
+        raise InputError(f"input {', '.join(files[:3])}{' ...' if len(files) > 3 else ''} contains no rows")
+    removed = {name: int(counts.get(i, 0)) for i, name in enumerate(names)}
+
+    keep = " AND ".join(f"NOT coalesce({cond}, false)" for _, cond in rules) or "true"
+    order = "b.rowid"
+    if s.shuffle_seed is not None:
+        # md5 rather than hash(): its value does not change between DuckDB versions, so a
+        # re-plan after an upgrade gives the same shards (and resume stays valid).
+        order = f"md5_number({sql_string(str(int(s.shuffle_seed)) + ':')} || b.url), b.rowid"
+    projection = ", ".join(f"b.{sql_identifier(c)}" for c in out_columns)
+    parent = os.path.dirname(os.path.abspath(output_path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(output_path)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        con.execute(
+            f"COPY (SELECT {projection} FROM {base} b SEMI JOIN {firsts} f ON b.rowid = f.r "
+            f"WHERE {keep} ORDER BY {order}) TO {sql_string(tmp)} (FORMAT parquet, COMPRESSION zstd)"
+        )
+        os.replace(tmp, output_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+    top = con.execute(
+        f"SELECT {host_sql('url')} AS host, count(*) AS n FROM read_parquet({sql_string(output_path)}) "
+        f"GROUP BY host ORDER BY n DESC, host LIMIT {_TOP_DOMAINS}"
+    ).fetchall()
+    rows_out = rows_in - sum(removed.values())
+    return FilterReport(
+        rows_in=rows_in,
+        removed=removed,
+        skipped_rules=skipped,
+        rows_out=rows_out,
+        top_domains=[(h, int(n)) for h, n in top],
+        columns=out_columns,
+    )
