@@ -67,7 +67,7 @@ def _converter(annotation: Any) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType) and type(None) in args:
-        inner = [a for a in args if a is not type(None)][0]
+        inner = next(a for a in args if a is not type(None))
         if typing.get_origin(inner) is tuple:
             return _parse_list
         return _parse_optional_str if inner is str else inner

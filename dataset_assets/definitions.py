@@ -10,16 +10,23 @@ from dataset_assets.assets.card import dataset_card
 from dataset_assets.assets.quality import dataset_verification, verification_checks
 from dataset_assets.assets.shards import image_shards
 from dataset_assets.assets.urls import filtered_urls, url_shards
+from dataset_assets.resources import DatasetSpec
 from dataset_assets.schedules import download_shards_job, resume_missing_shards
 from dataset_assets.spec import load_spec
 
-defs = dg.Definitions(
-    assets=[filtered_urls, url_shards, image_shards, dataset_verification, dataset_card],
-    asset_checks=verification_checks,
-    jobs=[download_shards_job],
-    schedules=[resume_missing_shards],
-    resources={"dataset": load_spec()},
-    # Each shard's engine brings its own worker processes; a subprocess per step would only
-    # add seconds of start-up per run.
-    executor=dg.in_process_executor,
-)
+
+def build_defs(spec: DatasetSpec) -> dg.Definitions:
+    """The definitions for one dataset spec (tests and tools build their own)."""
+    return dg.Definitions(
+        assets=[filtered_urls, url_shards, image_shards, dataset_verification, dataset_card],
+        asset_checks=verification_checks,
+        jobs=[download_shards_job],
+        schedules=[resume_missing_shards],
+        resources={"dataset": spec},
+        # Each shard's engine brings its own worker processes; a subprocess per step would
+        # only add seconds of start-up per run.
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_defs(load_spec())

@@ -5,7 +5,6 @@ requested once when the automation sensor runs); this schedule is the retry loop
 whose run failed, which on_missing does not request again.
 """
 
-
 import dagster as dg
 
 from dataset_assets.assets.shards import image_shards
@@ -17,7 +16,6 @@ MAX_REQUESTS_PER_TICK = 500
 download_shards_job = dg.define_asset_job(
     "download_shards",
     selection=dg.AssetSelection.assets(image_shards),
-    partitions_def=shards_partitions,
     executor_def=dg.in_process_executor,
 )
 
@@ -26,14 +24,12 @@ def missing_shard_keys(instance: dg.DagsterInstance) -> list[str]:
     """Registered shards with no successful materialization and no run in progress."""
     keys = instance.get_dynamic_partitions(shards_partitions.name)
     statuses = instance.get_status_by_partition(image_shards.key, keys, shards_partitions)
-    return [
-        key
-        for key in keys
-        if statuses.get(key) in (None, dg.AssetPartitionStatus.FAILED)
-    ]
+    return [key for key in keys if statuses.get(key) in (None, dg.AssetPartitionStatus.FAILED)]
 
 
-@dg.schedule(job=download_shards_job, cron_schedule="*/15 * * * *", default_status=dg.DefaultScheduleStatus.STOPPED)
+@dg.schedule(
+    job=download_shards_job, cron_schedule="*/15 * * * *", default_status=dg.DefaultScheduleStatus.STOPPED
+)
 def resume_missing_shards(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
     """Every 15 minutes, request a run for each shard that is missing or failed."""
     missing = missing_shard_keys(context.instance)[:MAX_REQUESTS_PER_TICK]

@@ -61,9 +61,7 @@ def _write_csv(path: Path, urls: list[str]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_img2dataset_command_line_gives_img2dataset_layout(
-    image_server: ImageServer, tmp_path: Path
-) -> None:
+def test_img2dataset_command_line_gives_img2dataset_layout(image_server: ImageServer, tmp_path: Path) -> None:
     urls = [image_server.url("landscape.jpg")] * 4 + [image_server.url_for("/status/404")]
     _write_csv(tmp_path / "urls.csv", urls)
     out = tmp_path / "out"
@@ -75,14 +73,28 @@ def test_img2dataset_command_line_gives_img2dataset_layout(
     assert "4/5 images" in done.stdout
     names = sorted(p.name for p in out.iterdir())
     assert names == [
-        "00000.parquet", "00000.tar", "00000_stats.json",
-        "00001.parquet", "00001.tar", "00001_stats.json",
+        "00000.parquet",
+        "00000.tar",
+        "00000_stats.json",
+        "00001.parquet",
+        "00001.tar",
+        "00001_stats.json",
         "_tmp",
     ]
     table = pq.read_table(out / "00001.parquet")
     assert table.column_names == [
-        "source", "caption", "url", "key", "status", "error_message", "width", "height",
-        "original_width", "original_height", "exif", "md5",
+        "source",
+        "caption",
+        "url",
+        "key",
+        "status",
+        "error_message",
+        "width",
+        "height",
+        "original_width",
+        "original_height",
+        "exif",
+        "md5",
     ]
     assert sorted(table.column("key").to_pylist()) == ["000010", "000011"]  # nsps=3 -> 1 row digit
 
@@ -100,7 +112,9 @@ def test_unknown_choice_is_reported_by_name(tmp_path: Path) -> None:
 
 
 def test_kill_9_leaves_no_complete_shard_and_rerun_completes(test_images, tmp_path: Path) -> None:
-    with ImageServer(images=test_images, config=ServerConfig(latency_s=(0.5, 0.8), max_lifetime_s=120)) as server:
+    with ImageServer(
+        images=test_images, config=ServerConfig(latency_s=(0.5, 0.8), max_lifetime_s=120)
+    ) as server:
         _write_csv(tmp_path / "urls.csv", [server.url("portrait.jpg")] * 6)
         out = tmp_path / "out"
         args = CLI + _img2dataset_args(tmp_path / "urls.csv", out, "--thread_count", "1")

@@ -1,6 +1,5 @@
 """Publish: the dataset card, written next to the data and shown in the UI."""
 
-
 import base64
 
 import dagster as dg

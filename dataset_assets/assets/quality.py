@@ -5,7 +5,6 @@ the same run. Checks whose failure makes the dataset unusable are blocking: the 
 the dataset card is not written.
 """
 
-
 import dagster as dg
 
 from dataset_assets.assets.shards import image_shards

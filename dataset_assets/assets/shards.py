@@ -1,6 +1,5 @@
 """Download: one partition per shard, each a call into the engine."""
 
-
 import posixpath
 
 import dagster as dg
@@ -37,7 +36,9 @@ def image_shards(context: dg.AssetExecutionContext, dataset: DatasetSpec) -> dg.
     else:
         name = shard_name(shard_id, dataset.oom_shard_count)
         rows = pq.read_table(posixpath.join(dataset.shard_inputs_folder, f"{name}.parquet"))
-        context.log.info(f"downloading shard {name}: {rows.num_rows} rows, {options.processes_count} processes")
+        context.log.info(
+            f"downloading shard {name}: {rows.num_rows} rows, {options.processes_count} processes"
+        )
         stats = download_shard(rows, dataset.output_folder, options, shard_id=shard_id)
     return dg.MaterializeResult(metadata=shard_metadata(stats))
 

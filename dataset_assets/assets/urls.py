@@ -1,12 +1,10 @@
 """Ingest: de-duplicate and filter the URL list, then cut it into shard inputs."""
 
-
 import dataclasses
 
 import dagster as dg
 
 from dataset_assets.engine.storage import OutputFolder
-
 from dataset_assets.partitions import REGISTER_CHUNK, shards_partitions
 from dataset_assets.planning import filter_urls, write_shard_inputs
 from dataset_assets.resources import DatasetSpec

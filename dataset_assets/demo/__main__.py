@@ -10,6 +10,7 @@ where the dataset and its card are and how to open the same instance in ``dagste
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -22,7 +23,9 @@ SERVER_LIFETIME_S = 1800.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dataset_assets.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dataset_assets.demo", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--images", type=int, default=1500, help="distinct images to generate")
     parser.add_argument("--dir", default="demo_output", help="where everything is written")
     parser.add_argument("--port", type=int, default=0, help="image server port (0 = any free one)")
@@ -41,10 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serving {args.images} images at {server.base_url}; spec {paths.spec}", flush=True)
         if args.serve_only:
             print("serving until interrupted (Ctrl-C) or for at most 30 minutes", flush=True)
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 server.wait(SERVER_LIFETIME_S)
-            except KeyboardInterrupt:
-                pass
             return 0
         from dataset_assets.demo.build import build_dataset
 
@@ -54,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         f"\nbuilt {outcome.shards} shards, {outcome.images} images "
         f"({outcome.success_rate:.1%} of {outcome.rows} rows) in {time.monotonic() - started:.0f}s"
     )
-    print(f"verification checks: {'all passed' if outcome.checks_passed else 'FAILED: ' + outcome.failed_checks}")
+    print(
+        f"verification checks: {'all passed' if outcome.checks_passed else 'FAILED: ' + outcome.failed_checks}"
+    )
     print(f"dataset:      {paths.dataset}")
     print(f"dataset card: {paths.dataset / 'DATASET_CARD.md'}")
     print(f"browse it:    DAGSTER_HOME={paths.dagster_home} DATASET_SPEC={paths.spec} dagster dev")

@@ -1,7 +1,8 @@
 """Materialise the whole graph in-process, one run per shard, like a backfill would.
 
-Import this only after ``DATASET_SPEC`` and ``DAGSTER_HOME`` are set: the definitions read the
-spec at import time and the runs are recorded in the instance ``dagster dev`` will show.
+With the default definitions, call it only after ``DATASET_SPEC`` and ``DAGSTER_HOME`` are set:
+the definitions read the spec at import time and the runs are recorded in the instance that
+``dagster dev`` will show. Already materialised shards are not run again (resume).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from dataset_assets.definitions import defs
 from dataset_assets.partitions import shards_partitions
 
 INGEST = [dg.AssetKey("filtered_urls"), dg.AssetKey("url_shards")]
@@ -31,18 +31,23 @@ class BuildOutcome:
         return self.images / self.rows if self.rows else 0.0
 
 
-def build_dataset(instance: dg.DagsterInstance | None = None) -> BuildOutcome:
+def build_dataset(
+    defs: dg.Definitions | None = None, instance: dg.DagsterInstance | None = None
+) -> BuildOutcome:
+    """Ingest, then every registered shard missing from the instance, then verify and publish."""
+    if defs is None:
+        from dataset_assets.definitions import defs
     instance = instance or dg.DagsterInstance.get()
     job = defs.resolve_implicit_global_asset_job_def()
     job.execute_in_process(instance=instance, asset_selection=INGEST)
     keys = instance.get_dynamic_partitions(shards_partitions.name)
-    rows = images = 0
-    for key in keys:
-        result = job.execute_in_process(instance=instance, asset_selection=DOWNLOAD, partition_key=key)
-        metadata = result.asset_materializations_for_node("image_shards")[0].metadata
-        rows += metadata["count"].value
-        images += metadata["successes"].value
+    done = instance.get_materialized_partitions(dg.AssetKey("image_shards"))
+    for key in [k for k in keys if k not in done]:
+        job.execute_in_process(instance=instance, asset_selection=DOWNLOAD, partition_key=key)
     result = job.execute_in_process(instance=instance, asset_selection=PUBLISH, raise_on_error=False)
-    evaluations = result.get_asset_check_evaluations()
-    failed = sorted(e.check_name for e in evaluations if not e.passed)
+    failed = sorted(e.check_name for e in result.get_asset_check_evaluations() if not e.passed)
+    verified = result.asset_materializations_for_node("dataset_verification")
+    totals = verified[0].metadata if verified else {}
+    rows = totals["rows"].value if "rows" in totals else 0
+    images = totals["successes"].value if "successes" in totals else 0
     return BuildOutcome(len(keys), rows, images, result.success and not failed, ", ".join(failed))

@@ -19,7 +19,20 @@ from dataset_assets.demo.images import make_image, web_like_sizes
 from dataset_assets.demo.server import ImageServer
 from dataset_assets.spec import DEFAULT_SPEC
 
-CAPTION_WORDS = ("red", "blue", "wide", "tall", "quiet", "busy", "old", "new", "street", "field", "sky", "river")
+CAPTION_WORDS = (
+    "red",
+    "blue",
+    "wide",
+    "tall",
+    "quiet",
+    "busy",
+    "old",
+    "new",
+    "street",
+    "field",
+    "sky",
+    "river",
+)
 
 
 @dataclass(frozen=True)

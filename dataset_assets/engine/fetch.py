@@ -185,7 +185,9 @@ class Fetcher:
         seen: set[str] = set()
         for _hop in range(options.max_redirects + 1):
             if current.scheme not in ("http", "https"):
-                raise FetchError(f"unsupported URL scheme {current.scheme!r}: only http and https are fetched")
+                raise FetchError(
+                    f"unsupported URL scheme {current.scheme!r}: only http and https are fetched"
+                )
             if not current.host:
                 raise FetchError("invalid URL: no host")
             check_host(current.host, options.allow_private_addresses)

@@ -132,7 +132,9 @@ class DownloadOptions:
         if self.verify_hash is not None:
             object.__setattr__(self, "verify_hash", tuple(self.verify_hash))
         if self.bbox_col and self.bbox_col not in self.save_additional_columns:
-            object.__setattr__(self, "save_additional_columns", (*self.save_additional_columns, self.bbox_col))
+            object.__setattr__(
+                self, "save_additional_columns", (*self.save_additional_columns, self.bbox_col)
+            )
         self._validate()
 
     def _validate(self) -> None:

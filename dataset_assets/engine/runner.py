@@ -64,7 +64,9 @@ class DownloadPool:
 
     def __init__(self, options: DownloadOptions, output_folder: str | OutputFolder) -> None:
         self.options = options
-        self.output = output_folder if isinstance(output_folder, OutputFolder) else OutputFolder(output_folder)
+        self.output = (
+            output_folder if isinstance(output_folder, OutputFolder) else OutputFolder(output_folder)
+        )
         self._ctx = multiprocessing.get_context("spawn")
         # Bounded: the feeder stays at most a few chunks ahead of the workers (memory window).
         self._tasks: Any = self._ctx.Queue(maxsize=options.processes_count * 4)

@@ -6,7 +6,7 @@ import collections
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dataset_assets.engine.records import FAILED_TO_DOWNLOAD, FAILED_TO_RESIZE, SUCCESS, SampleResult
+from dataset_assets.engine.records import FAILED_TO_RESIZE, SUCCESS, SampleResult
 
 # Distinct error strings kept per shard; the rest are folded into one bucket so a shard of
 # 10 000 unique messages cannot bloat the stats file.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import queue
@@ -34,10 +35,8 @@ PARENT_CHECK_S = 1.0
 
 def worker_main(options: DownloadOptions, tasks: Any, results: Any, parent_pid: int) -> None:
     """Process entry point (top-level so that spawn can import it)."""
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(options, tasks, results, parent_pid))
-    except KeyboardInterrupt:
-        pass
 
 
 class SampleHandler:

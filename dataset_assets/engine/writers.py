@@ -58,7 +58,7 @@ class _TarSink:
     """Tar members as webdataset.TarWriter writes them (owner bigdata, mode 0444)."""
 
     def __init__(self, handle: IO[bytes]) -> None:
-        self._tar = tarfile.open(fileobj=handle, mode="w|")
+        self._tar = tarfile.open(fileobj=handle, mode="w|")  # noqa: SIM115 - closed by close()
         self._mtime = time.time()
 
     def add(self, name: str, data: bytes) -> None:
@@ -90,9 +90,7 @@ class _FolderSink:
 class ShardWriter:
     """Collects one shard's results and commits its files atomically."""
 
-    def __init__(
-        self, output: OutputFolder, options: DownloadOptions, shard_id: int, rows: pa.Table
-    ) -> None:
+    def __init__(self, output: OutputFolder, options: DownloadOptions, shard_id: int, rows: pa.Table) -> None:
         self._output = output
         self._options = options
         self.shard_id = shard_id
@@ -134,7 +132,9 @@ class ShardWriter:
         return self.stats.count >= self.expected
 
     def key(self, index: int) -> str:
-        return compute_key(index, self.shard_id, self._options.number_sample_per_shard, self._options.oom_shard_count)
+        return compute_key(
+            index, self.shard_id, self._options.number_sample_per_shard, self._options.oom_shard_count
+        )
 
     def metadata(self, result: SampleResult) -> dict[str, Any]:
         """The per-sample json: same fields and order as the parquet columns."""

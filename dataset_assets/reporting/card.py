@@ -61,14 +61,21 @@ def build_card(output_folder: str, inputs: CardInputs) -> Card:
             continue
         stats = output.read_json(stats_name(shard))
         totals.update(
-            shards=1, rows=stats["count"], successes=stats["successes"], bytes_written=stats.get("bytes_written", 0)
+            shards=1,
+            rows=stats["count"],
+            successes=stats["successes"],
+            bytes_written=stats.get("bytes_written", 0),
         )
         statuses.update(stats["status_dict"])
         if inputs.options.output_format != "dummy":
-            table = pq.read_table(output.path(f"{shard}.parquet"), columns=["original_width", "original_height"])
+            table = pq.read_table(
+                output.path(f"{shard}.parquet"), columns=["original_width", "original_height"]
+            )
             widths = table.column("original_width").to_pylist()
             heights = table.column("original_height").to_pylist()
-            short_sides += [min(w, h) for w, h in zip(widths, heights, strict=True) if w is not None and h is not None]
+            short_sides += [
+                min(w, h) for w, h in zip(widths, heights, strict=True) if w is not None and h is not None
+            ]
     grid = _thumbnail_grid(output, inputs)
     rate = totals["successes"] / totals["rows"] if totals["rows"] else 0.0
     markdown = _render(inputs, totals, rate, statuses, short_sides, grid is not None)
@@ -166,7 +173,7 @@ def _histogram(values: list[int]) -> list[str]:
         counts[bucket] += 1
     rows = []
     for low, high in zip(SIZE_BUCKETS, (*SIZE_BUCKETS[1:], None), strict=True):
-        label = f"{low}–{high - 1}" if high else f"≥ {low}"
+        label = f"{low}-{high - 1}" if high else f"≥ {low}"
         rows.append(f"| {label} | {counts.get(low, 0)} |")
     return rows
 
@@ -181,7 +188,9 @@ def _thumbnail_grid(output: OutputFolder, inputs: CardInputs) -> bytes | None:
             continue
         h, w = image.shape[:2]
         scale = THUMB / max(h, w)
-        small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(
+            image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+        )
         tile = np.full((THUMB, THUMB, 3), 255, np.uint8)
         y, x = (THUMB - small.shape[0]) // 2, (THUMB - small.shape[1]) // 2
         tile[y : y + small.shape[0], x : x + small.shape[1]] = small
@@ -202,9 +211,10 @@ def _first_images(output: OutputFolder, inputs: CardInputs, wanted: int) -> list
         if len(found) >= wanted:
             break
         if inputs.options.output_format == "webdataset" and output.exists(f"{shard}.tar"):
-            with output.fs.open(output.path(f"{shard}.tar"), "rb") as handle, tarfile.open(
-                fileobj=handle, mode="r|"
-            ) as tar:
+            with (
+                output.fs.open(output.path(f"{shard}.tar"), "rb") as handle,
+                tarfile.open(fileobj=handle, mode="r|") as tar,
+            ):
                 for member in tar:
                     if member.name.endswith(f".{ext}"):
                         extracted = tar.extractfile(member)

@@ -102,7 +102,8 @@ def verify_dataset(
         expected_rows = _input_rows(shard_inputs_folder, shard) if shard_inputs_folder else stats["count"]
         if table.num_rows != expected_rows or stats["count"] != expected_rows:
             checks["rows_match_inputs"].add(
-                f"shard {shard}: {table.num_rows} parquet rows, {stats['count']} counted, {expected_rows} input rows"
+                f"shard {shard}: {table.num_rows} parquet rows, {stats['count']} counted, "
+                f"{expected_rows} input rows"
             )
         keys = table.column("key").to_pylist()
         statuses = table.column("status").to_pylist()
@@ -110,12 +111,18 @@ def verify_dataset(
             status_counts[status] = status_counts.get(status, 0) + 1
         duplicates = seen_keys.intersection(keys)
         if len(set(keys)) != len(keys) or duplicates:
-            checks["keys_unique"].add(f"shard {shard}: duplicate keys, e.g. {sorted(duplicates)[:3] or keys[:1]}")
+            checks["keys_unique"].add(
+                f"shard {shard}: duplicate keys, e.g. {sorted(duplicates)[:3] or keys[:1]}"
+            )
         seen_keys.update(keys)
         sizes = {
             k: (w, h)
             for k, s, w, h in zip(
-                keys, statuses, table.column("width").to_pylist(), table.column("height").to_pylist(), strict=True
+                keys,
+                statuses,
+                table.column("width").to_pylist(),
+                table.column("height").to_pylist(),
+                strict=True,
             )
             if s == SUCCESS
         }
@@ -126,8 +133,8 @@ def verify_dataset(
     checks["shards_complete"].summary = f"{report.shards_complete}/{len(shard_keys)} shards complete"
     checks["rows_match_inputs"].summary = f"{report.rows} metadata rows checked against shard inputs"
     checks["samples_decode"].summary = f"{report.samples_decoded} samples decoded and size-checked"
-    checks["keys_unique"].summary = f"{len(seen_keys)} keys, all distinct" if checks["keys_unique"].passed else (
-        "duplicate keys found"
+    checks["keys_unique"].summary = (
+        f"{len(seen_keys)} keys, all distinct" if checks["keys_unique"].passed else ("duplicate keys found")
     )
     checks["checksums_match"].summary = "shard files match the checksums recorded when written"
     rate = CheckOutcome(report.success_rate >= success_rate_floor, "")
@@ -165,7 +172,9 @@ def _verify_samples(
         if expected is None:
             outcome.add(f"shard {shard}: {key} is stored but not a success in the parquet")
         elif actual != expected:
-            outcome.add(f"shard {shard}: {key} is {actual[0]}x{actual[1]}, metadata says {expected[0]}x{expected[1]}")
+            outcome.add(
+                f"shard {shard}: {key} is {actual[0]}x{actual[1]}, metadata says {expected[0]}x{expected[1]}"
+            )
         if meta is not None and (meta.get("width"), meta.get("height")) != actual:
             outcome.add(f"shard {shard}: {key}.json size disagrees with the image")
     for key in sorted(set(sizes) - found)[:MAX_LISTED]:
@@ -180,9 +189,10 @@ def _iter_samples(
         pending_json: dict[str, dict[str, Any]] = {}
         images: dict[str, bytes] = {}
         try:
-            with output.fs.open(output.path(f"{shard}.tar"), "rb") as handle, tarfile.open(
-                fileobj=handle, mode="r|"
-            ) as tar:
+            with (
+                output.fs.open(output.path(f"{shard}.tar"), "rb") as handle,
+                tarfile.open(fileobj=handle, mode="r|") as tar,
+            ):
                 for member in tar:
                     key, _, suffix = member.name.partition(".")
                     extracted = tar.extractfile(member)
@@ -208,6 +218,8 @@ def _iter_samples(
             yield key, output.fs.cat_file(path), meta
     elif options.output_format == "parquet":
         table = pq.read_table(output.path(f"{shard}.parquet"), columns=["key", "status", ext])
-        for key, status, payload in zip(*(table.column(c).to_pylist() for c in ("key", "status", ext)), strict=True):
+        for key, status, payload in zip(
+            *(table.column(c).to_pylist() for c in ("key", "status", ext)), strict=True
+        ):
             if status == SUCCESS and payload is not None:
                 yield key, payload, None

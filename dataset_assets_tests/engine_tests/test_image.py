@@ -27,16 +27,25 @@ def processor(**options: object) -> ImageProcessor:
 
 
 def textured(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A photo-like BGR image: smooth structure, edges and mild noise (JPEG-compressible)."""
+    """A photo-like BGR image: 1/f luma texture (natural-image spectrum), smooth chroma, edges.
+
+    Independent per-channel noise would put strong colour detail near Nyquist, which no camera
+    produces and which 4:2:0 JPEG cannot hold anyway; it would make every resampler comparison
+    meaningless.
+    """
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    planes = [
-        (np.sin(x / 13) + np.cos(y / 7)) * 60 + 128,
-        x / width * 255,
-        np.sin((x + y) / 5) * 100 + 128,
-    ]
-    image = np.stack(planes, axis=-1) + rng.normal(0, 3, (height, width, 3))
-    return np.clip(image, 0, 255).astype(np.uint8)
+    fy = np.fft.fftfreq(height)[:, None]
+    fx = np.fft.rfftfreq(width)[None, :]
+    spectrum = np.fft.rfft2(rng.normal(size=(height, width)).astype(np.float32))
+    luma = np.fft.irfft2(spectrum / np.maximum(np.hypot(fy, fx), 1.0 / max(height, width)), s=(height, width))
+    luma = (luma - luma.mean()) / (luma.std() + 1e-9) * 40 + 128
+    coarse = rng.normal(0, 25, (max(2, height // 32), max(2, width // 32), 2)).astype(np.float32)
+    chroma = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC) + 128
+    ycc = np.dstack([luma.astype(np.float32), chroma])
+    for _ in range(6):
+        x0, y0 = rng.integers(0, width), rng.integers(0, height)
+        ycc[y0 : y0 + height // 5 + 1, x0 : x0 + width // 5 + 1] = rng.integers((30, 90, 90), (220, 166, 166))
+    return cv2.cvtColor(np.clip(ycc, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2BGR)
 
 
 def cv_encode(image: np.ndarray, ext: str = ".png", params: list[int] | None = None) -> bytes:

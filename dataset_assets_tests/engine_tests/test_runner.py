@@ -35,12 +35,19 @@ def test_every_row_gets_a_status_and_message(image_server: ImageServer, tmp_path
         "ftp://127.0.0.1/x.jpg",
     ]
     options = local_options(caption_col="caption", timeout=1)
-    stats = download_shard(rows(urls, [f"c{i}" for i in range(len(urls))]), str(tmp_path), options, shard_id=2)
+    stats = download_shard(
+        rows(urls, [f"c{i}" for i in range(len(urls))]), str(tmp_path), options, shard_id=2
+    )
 
     by_key = {r["key"]: r for r in _parquet(str(tmp_path / "00002.parquet"))}
     assert len(by_key) == len(urls)
-    got = [(by_key[compute_key(i, 2, 10_000, 5)]["status"], by_key[compute_key(i, 2, 10_000, 5)]["error_message"])
-           for i in range(len(urls))]
+    got = [
+        (
+            by_key[compute_key(i, 2, 10_000, 5)]["status"],
+            by_key[compute_key(i, 2, 10_000, 5)]["error_message"],
+        )
+        for i in range(len(urls))
+    ]
     assert got[0] == ("success", None)
     assert got[1] == ("failed_to_download", "HTTP Error 404: Not Found")
     assert got[2] == ("failed_to_download", "timed out after 1s (total deadline)")
@@ -87,8 +94,18 @@ def test_webdataset_layout_reads_back_with_captions_and_hashes(
     for i, name in enumerate(names):
         assert records[f"00000{i:04d}"]["sha256"] == hashlib.sha256(test_images[name]).hexdigest()
     assert pq.read_schema(tmp_path / "00000.parquet").names == [
-        "source_id", "caption", "url", "key", "status", "error_message", "width", "height",
-        "original_width", "original_height", "exif", "sha256",
+        "source_id",
+        "caption",
+        "url",
+        "key",
+        "status",
+        "error_message",
+        "width",
+        "height",
+        "original_width",
+        "original_height",
+        "exif",
+        "sha256",
     ]
 
 
@@ -155,7 +172,9 @@ def test_ten_thousand_rows_spread_over_two_processes(tmp_path) -> None:
 
 def test_interrupt_terminates_workers_and_commits_nothing(tmp_path) -> None:
     with ImageServer(images={}, config=ServerConfig(max_lifetime_s=60)) as server:
-        table = rows([server.url_for(f"/slow/20/x{i}.jpg") for i in range(40)] + [server.url_for("/status/404")])
+        table = rows(
+            [server.url_for(f"/slow/20/x{i}.jpg") for i in range(40)] + [server.url_for("/status/404")]
+        )
         pool = DownloadPool(local_options(processes_count=2, timeout=30), str(tmp_path))
 
         def interrupt(_: int) -> None:

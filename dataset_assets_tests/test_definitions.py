@@ -1,0 +1,212 @@
+"""The asset graph on real Dagster instances, real DuckDB and a real loopback image server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from dataset_assets.definitions import build_defs
+from dataset_assets.demo.build import DOWNLOAD, INGEST, PUBLISH, build_dataset
+from dataset_assets.demo.images import corpus_images
+from dataset_assets.demo.prepare import write_url_list
+from dataset_assets.demo.server import ImageServer, ServerConfig
+from dataset_assets.partitions import shards_partitions
+from dataset_assets.schedules import missing_shard_keys, resume_missing_shards
+from dataset_assets.spec import SpecError, load_spec, spec_from_mapping
+
+IMAGES = 24
+SHARD_SIZE = 8  # 24 images + 9 warts - 5 filtered = 28 rows -> 4 shards
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ImageServer]:
+    # Some latency, so that a shard run lasts long enough to be killed in the middle.
+    config = ServerConfig(latency_s=(0.03, 0.06), max_lifetime_s=600)
+    with ImageServer(images=corpus_images(IMAGES, seed=7), config=config) as running:
+        yield running
+
+
+def _spec_values(server: ImageServer, root: Path) -> dict:
+    names = sorted(corpus_images(IMAGES, seed=7))
+    write_url_list(root / "urls.csv", server, names)
+    return {
+        "url_list": str(root / "urls.csv"),
+        "input_format": "csv",
+        "caption_col": "caption",
+        "save_additional_columns": ["source_id"],
+        "output_folder": str(root / "dataset"),
+        "output_format": "webdataset",
+        "number_sample_per_shard": SHARD_SIZE,
+        "image_size": 64,
+        "processes_count": 1,
+        "thread_count": 8,
+        "timeout": 5,
+        "min_caption_length": 3,
+        "allow_private_addresses": True,
+        "success_rate_floor": 0.5,
+    }
+
+
+def _job(defs: dg.Definitions) -> dg.JobDefinition:
+    return defs.resolve_implicit_global_asset_job_def()
+
+
+def _keys(folder: Path) -> list[tuple[str, str, str | None]]:
+    rows = []
+    for path in sorted(folder.glob("*.parquet")):
+        rows += [(r["key"], r["url"], r["status"]) for r in pq.read_table(path).to_pylist()]
+    return sorted(rows)
+
+
+def test_definitions_load_with_the_default_spec() -> None:
+    from dataset_assets.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} == {
+        "filtered_urls",
+        "url_shards",
+        "image_shards",
+        "dataset_verification",
+        "dataset_card",
+    }
+
+
+def test_spec_errors_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"unknown key.*imagesize"):
+        spec_from_mapping({"url_list": "x", "output_folder": "y", "imagesize": 3})
+    with pytest.raises(SpecError, match="resize_mode='wide'"):
+        spec_from_mapping({"url_list": "x", "output_folder": "y", "resize_mode": "wide"})
+    with pytest.raises(SpecError, match="image_size"):
+        spec_from_mapping({"url_list": "x", "output_folder": "y", "image_size": "big"})
+    bad = tmp_path / "spec.yaml"
+    bad.write_text(yaml.safe_dump({"output_folder": "y"}))
+    with pytest.raises(SpecError, match="url_list"):
+        load_spec(bad)
+
+
+def test_whole_graph_then_resume_and_idempotent_registration(server: ImageServer, tmp_path: Path) -> None:
+    spec = spec_from_mapping(_spec_values(server, tmp_path))
+    defs = build_defs(spec)
+    with dg.instance_for_test() as instance:
+        outcome = build_dataset(defs, instance)
+        assert outcome.checks_passed, outcome.failed_checks
+        assert outcome.shards == 4 and outcome.rows == 28 and outcome.images == 24
+
+        ingest = instance.fetch_materializations(dg.AssetKey("filtered_urls"), limit=1).records[0]
+        metadata = ingest.asset_materialization.metadata
+        assert metadata["rows_in"].value == 33
+        assert metadata["removed_invalid_url"].value == 2
+        assert metadata["removed_duplicate"].value == 2
+        assert metadata["removed_min_caption_length"].value == 1
+        assert metadata["rows_out"].value == 28
+        assert instance.get_dynamic_partitions(shards_partitions.name) == ["00000", "00001", "00002", "00003"]
+
+        shard = (
+            instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("image_shards"), asset_partitions=["00003"]),
+                limit=1,
+            )
+            .records[0]
+            .asset_materialization.metadata
+        )
+        assert shard["count"].value == 4 and 0 <= shard["success_rate"].value <= 1
+
+        card = (tmp_path / "dataset" / "DATASET_CARD.md").read_text()
+        assert "| images stored | 24 |" in card and "X-Robots-Tag" in card
+
+        # Re-materialising the ingest adds no partition; a second build downloads nothing.
+        requests_before = server.stats.total_requests
+        _job(defs).execute_in_process(instance=instance, asset_selection=INGEST)
+        assert len(instance.get_dynamic_partitions(shards_partitions.name)) == 4
+        assert missing_shard_keys(instance) == []
+        _job(defs).execute_in_process(instance=instance, asset_selection=DOWNLOAD, partition_key="00001")
+        assert server.stats.total_requests == requests_before
+
+
+def test_killed_shard_is_completed_by_materializing_missing(server: ImageServer, tmp_path: Path) -> None:
+    reference_root, resumed_root = tmp_path / "reference", tmp_path / "resumed"
+    for root in (reference_root, resumed_root):
+        root.mkdir()
+    reference = spec_from_mapping(_spec_values(server, reference_root))
+    with dg.instance_for_test() as instance:
+        assert build_dataset(build_defs(reference), instance).checks_passed
+
+    values = _spec_values(server, resumed_root)
+    spec_file = resumed_root / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(values))
+    home = resumed_root / "dagster_home"
+    home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DATASET_SPEC": str(spec_file)}
+    cli = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "dataset_assets.definitions"]
+    subprocess.run(
+        [*cli, "--select", "filtered_urls,url_shards"], env=env, check=True, capture_output=True, timeout=300
+    )
+    subprocess.run(
+        [*cli, "--select", "image_shards", "--partition", "00000"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+    # Shard 00001 is killed (SIGKILL, whole process group) as soon as its files are being written.
+    run_config = resumed_root / "one_connection.yaml"
+    run_config.write_text(yaml.safe_dump({"resources": {"dataset": {"config": {"thread_count": 1}}}}))
+    victim = subprocess.Popen(
+        [*cli, "--select", "image_shards", "--partition", "00001", "-c", str(run_config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    tmp = resumed_root / "dataset" / "_tmp"
+    while time.monotonic() < deadline and not any(tmp.glob("*00001*")):
+        time.sleep(0.01)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert not (resumed_root / "dataset" / "00001_stats.json").exists()
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert "00001" in missing_shard_keys(instance)
+        assert "00000" not in missing_shard_keys(instance)
+        # What the resume schedule would launch:
+        context = dg.build_schedule_context(instance=instance)
+        requested = [r.partition_key for r in resume_missing_shards(context)]
+        assert requested == missing_shard_keys(instance)
+        outcome = build_dataset(build_defs(spec_from_mapping(values)), instance)
+        assert outcome.checks_passed, outcome.failed_checks
+    assert _keys(resumed_root / "dataset") == _keys(reference_root / "dataset")
+
+
+def test_corrupted_tar_fails_the_blocking_checks(server: ImageServer, tmp_path: Path) -> None:
+    spec = spec_from_mapping(_spec_values(server, tmp_path))
+    defs = build_defs(spec)
+    with dg.instance_for_test() as instance:
+        assert build_dataset(defs, instance).checks_passed
+        tar_path = tmp_path / "dataset" / "00002.tar"
+        with tarfile.open(tar_path) as tar:
+            first_image = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
+        data = bytearray(tar_path.read_bytes())
+        data[first_image.offset_data : first_image.offset_data + 400] = b"\0" * 400
+        tar_path.write_bytes(bytes(data))
+
+        result = _job(defs).execute_in_process(
+            instance=instance, asset_selection=PUBLISH, raise_on_error=False
+        )
+        failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
+    assert not result.success
+    assert {"samples_decode", "checksums_match"} <= failed
+    assert "keys_unique" not in failed
+    assert result.asset_materializations_for_node("dataset_card") == []  # blocked
