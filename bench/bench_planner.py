@@ -55,7 +55,6 @@ COPY (
         pow((hash(id * 19) % 10000) / 10000.0, 4)::FLOAT AS punsafe,
         pow((hash(id * 23) % 10000) / 10000.0, 3)::FLOAT AS pwatermark
     FROM u
-    ORDER BY i
 ) TO '{path}' (FORMAT parquet, COMPRESSION zstd)
 """
 
@@ -76,7 +75,7 @@ def _filter(workdir: str, shuffle_seed: int | None) -> dict[str, Any]:
         min_caption_length=5,
         min_width=128,
         min_height=128,
-        max_aspect_ratio=3.0,
+        max_aspect_ratio=2.0,
         min_similarity=0.21,
         max_punsafe=0.5,
         max_pwatermark=0.8,
@@ -94,7 +93,11 @@ def _shard(workdir: str) -> dict[str, Any]:
     from dataset_assets.planning import write_shard_inputs
 
     out_dir = os.path.join(workdir, "shards")
-    before = {n: os.stat(os.path.join(out_dir, n)).st_mtime_ns for n in os.listdir(out_dir)} if os.path.isdir(out_dir) else {}
+    before = (
+        {n: os.stat(os.path.join(out_dir, n)).st_mtime_ns for n in os.listdir(out_dir)}
+        if os.path.isdir(out_dir)
+        else {}
+    )
     keys = write_shard_inputs(os.path.join(workdir, "filtered.parquet"), out_dir, 10_000)
     after = {n: os.stat(os.path.join(out_dir, n)).st_mtime_ns for n in os.listdir(out_dir)}
     rewritten = sum(1 for n, m in after.items() if before.get(n) != m)
@@ -132,9 +135,14 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--step", step, "--workdir", workdir, "--rows", str(args.rows)]
             if args.shuffle_seed is not None:
                 cmd += ["--shuffle-seed", str(args.shuffle_seed)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            out = (
+                subprocess.run(cmd, check=True, capture_output=True, text=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             result = json.loads(out)
-            print(f"{step:>20}: {result.pop('seconds'):7.2f} s  peak RSS {result.pop('peak_rss_mb'):8.1f} MB  {result}")
+            seconds, rss = result.pop("seconds"), result.pop("peak_rss_mb")
+            print(f"{step:>20}: {seconds:7.2f} s  peak RSS {rss:8.1f} MB  {result}")
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"max peak RSS over all steps (children) {children:.1f} MB; driver process {own:.1f} MB")

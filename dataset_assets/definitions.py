@@ -10,9 +10,9 @@ from dataset_assets.assets.card import dataset_card
 from dataset_assets.assets.quality import dataset_verification, verification_checks
 from dataset_assets.assets.shards import image_shards
 from dataset_assets.assets.urls import filtered_urls, url_shards
-from dataset_assets.resources import DatasetSpec
+from dataset_assets.resources import dataset_resource
 from dataset_assets.schedules import download_shards_job, resume_missing_shards
-from dataset_assets.spec import load_spec
+from dataset_assets.spec import DatasetSpec, load_spec
 
 
 def build_defs(spec: DatasetSpec) -> dg.Definitions:
@@ -22,7 +22,7 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
         asset_checks=verification_checks,
         jobs=[download_shards_job],
         schedules=[resume_missing_shards],
-        resources={"dataset": spec},
+        resources={"dataset": dataset_resource(spec)},
         # Each shard's engine brings its own worker processes; a subprocess per step would
         # only add seconds of start-up per run.
         executor=dg.in_process_executor,

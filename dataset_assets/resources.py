@@ -1,170 +1,31 @@
-"""Dagster resources: the dataset spec every asset reads.
+"""Dagster resources: the dataset spec as one configurable resource, ``dataset``.
 
-One resource carries the whole spec so that a YAML file (``DATASET_SPEC``) gives the defaults
-and the Launchpad or ``-c run.yaml`` (``resources: {dataset: {config: {...}}}``) can override any
-key for one run. Key names are img2dataset's / the CLI's, plus the URL-list filter settings.
+The resource declares every spec key with the spec file's value as its default, so the
+Launchpad shows the dataset's actual settings and a run can override any subset of them
+(``resources: {dataset: {config: {image_size: 384}}}``); the merged values are validated
+like the file itself, with errors that name the key.
 """
 
 from __future__ import annotations
 
-import math
-import posixpath
-from typing import Any
-
 import dagster as dg
-from pydantic import Field
+import pydantic
 
-from dataset_assets.engine import DownloadOptions
-from dataset_assets.planning import FilterSettings
-
-# Spec keys that are not engine options.
-PLAN_KEYS = ("url_list", "output_folder", "plan_folder", "success_rate_floor", "card_title", "overwrite")
-FILTER_KEYS = (
-    "min_caption_length",
-    "min_width",
-    "min_height",
-    "width_col",
-    "height_col",
-    "max_filter_aspect_ratio",
-    "min_similarity",
-    "similarity_col",
-    "max_punsafe",
-    "punsafe_col",
-    "max_pwatermark",
-    "pwatermark_col",
-    "allowed_domains",
-    "denied_domains",
-    "shuffle_seed",
-)
+from dataset_assets.spec import DatasetSpec, spec_from_mapping
 
 
-class DatasetSpec(dg.ConfigurableResource):
-    """Where the URLs come from, where the dataset goes, and how it is built."""
+class DatasetResource(dg.ConfigurableResource):
+    """Base class; :func:`dataset_resource` derives one with a field per spec key."""
 
-    # --- where ---
-    url_list: str = Field(description="URL list file or folder (any input_format).")
-    output_folder: str = Field(description="Dataset output folder (local path or fsspec URL).")
-    plan_folder: str | None = Field(
-        default=None, description="Where filtered URLs and shard inputs go; default {output_folder}/_plan."
-    )
-    input_format: str = "txt"
-    url_col: str = "url"
-    caption_col: str | None = None
-    save_additional_columns: list[str] = []
-    bbox_col: str | None = None
-    verify_hash: list[str] | None = None
+    def spec(self) -> DatasetSpec:
+        values = {name: getattr(self, name) for name in DatasetSpec.model_fields}
+        return spec_from_mapping(values, source="resource 'dataset' (spec file + run config)")
 
-    # --- URL-list filters (applied by filtered_urls when the column exists) ---
-    min_caption_length: int | None = None
-    min_width: int | None = None
-    min_height: int | None = None
-    width_col: str = "WIDTH"
-    height_col: str = "HEIGHT"
-    max_filter_aspect_ratio: float | None = Field(
-        default=None, description="Drop rows whose declared width/height ratio exceeds this."
-    )
-    min_similarity: float | None = None
-    similarity_col: str = "similarity"
-    max_punsafe: float | None = None
-    punsafe_col: str = "punsafe"
-    max_pwatermark: float | None = None
-    pwatermark_col: str = "pwatermark"
-    allowed_domains: list[str] = []
-    denied_domains: list[str] = []
-    shuffle_seed: int | None = None
 
-    # --- output ---
-    output_format: str = "webdataset"
-    number_sample_per_shard: int = 10_000
-    oom_shard_count: int = 5
-    extract_exif: bool = True
-    compute_hash: str | None = "sha256"
-    overwrite: bool = Field(default=False, description="Re-download shards that are already complete.")
-
-    # --- images ---
-    image_size: int = 256
-    resize_mode: str = "border"
-    resize_only_if_bigger: bool = False
-    upscale_interpolation: str = "lanczos"
-    downscale_interpolation: str = "area"
-    encode_format: str = "jpg"
-    encode_quality: int = 95
-    skip_reencode: bool = False
-    min_image_size: int = 0
-    max_image_area: float | None = None
-    max_aspect_ratio: float | None = None
-    max_decoded_pixels: int = 100_000_000
-
-    # --- network ---
-    processes_count: int = 2
-    thread_count: int = 64
-    timeout: float = 10.0
-    retries: int = 0
-    user_agent_token: str | None = None
-    disallowed_header_directives: list[str] = list(DownloadOptions.disallowed_header_directives)
-    max_redirects: int = 10
-    max_body_bytes: int = 32 * 1024 * 1024
-    max_connections_per_host: int = 8
-    allow_private_addresses: bool = False
-
-    # --- verification / card ---
-    success_rate_floor: float = Field(default=0.5, description="dataset_verification fails below this.")
-    card_title: str = "Image dataset"
-
-    @property
-    def plan_root(self) -> str:
-        return self.plan_folder or posixpath.join(self.output_folder, "_plan")
-
-    @property
-    def filtered_urls_path(self) -> str:
-        return posixpath.join(self.plan_root, "filtered_urls.parquet")
-
-    @property
-    def shard_inputs_folder(self) -> str:
-        return posixpath.join(self.plan_root, "shards")
-
-    def download_options(self) -> DownloadOptions:
-        """The engine's options; raises OptionError naming the bad key."""
-        values: dict[str, Any] = {}
-        for name in DownloadOptions.field_names():
-            if name in type(self).model_fields:
-                values[name] = getattr(self, name)
-        for name in ("max_image_area", "max_aspect_ratio"):
-            if values.get(name) is None:
-                values[name] = math.inf
-        values["incremental_mode"] = "overwrite" if self.overwrite else "incremental"
-        # The Dagster path always reads the planner's parquet shard inputs (url, caption, ...).
-        values["input_format"] = "parquet"
-        values["url_col"] = "url"
-        return DownloadOptions(**values)
-
-    def filter_settings(self) -> FilterSettings:
-        return FilterSettings(
-            url_col=self.url_col,
-            caption_col=self.caption_col,
-            save_additional_columns=tuple(dict.fromkeys(self._carried_columns())),
-            min_caption_length=self.min_caption_length,
-            min_width=self.min_width,
-            min_height=self.min_height,
-            width_col=self.width_col,
-            height_col=self.height_col,
-            max_aspect_ratio=self.max_filter_aspect_ratio,
-            min_similarity=self.min_similarity,
-            similarity_col=self.similarity_col,
-            max_punsafe=self.max_punsafe,
-            punsafe_col=self.punsafe_col,
-            max_pwatermark=self.max_pwatermark,
-            pwatermark_col=self.pwatermark_col,
-            allowed_domains=tuple(self.allowed_domains),
-            denied_domains=tuple(self.denied_domains),
-            shuffle_seed=self.shuffle_seed,
-        )
-
-    def _carried_columns(self) -> list[str]:
-        """Input columns the shard inputs must keep: extra metadata, boxes, expected hashes."""
-        columns = list(self.save_additional_columns)
-        if self.bbox_col:
-            columns.append(self.bbox_col)
-        if self.verify_hash:
-            columns.append(self.verify_hash[0])
-        return columns
+def dataset_resource(spec: DatasetSpec) -> DatasetResource:
+    fields = {
+        name: (field.annotation, pydantic.Field(default=getattr(spec, name), description=field.description))
+        for name, field in DatasetSpec.model_fields.items()
+    }
+    resource_class = pydantic.create_model("DatasetResource", __base__=DatasetResource, **fields)  # type: ignore[call-overload]
+    return resource_class()

@@ -35,5 +35,5 @@ def resume_missing_shards(context: dg.ScheduleEvaluationContext) -> list[dg.RunR
     missing = missing_shard_keys(context.instance)[:MAX_REQUESTS_PER_TICK]
     if not missing:
         return dg.SkipReason("every registered shard is materialized or in progress")
-    stamp = f"{context.scheduled_execution_time:%Y%m%d%H%M}" if context.scheduled_execution_time else "now"
-    return [dg.RunRequest(partition_key=key, run_key=f"{stamp}-{key}") for key in missing]
+    tick = f"{context.scheduled_execution_time:%Y%m%d%H%M}"
+    return [dg.RunRequest(partition_key=key, run_key=f"{tick}-{key}") for key in missing]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import subprocess
@@ -179,10 +180,17 @@ def test_killed_shard_is_completed_by_materializing_missing(server: ImageServer,
     assert not (resumed_root / "dataset" / "00001_stats.json").exists()
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
+        # The killed run stays STARTED until run monitoring (dagster-daemon) notices its dead
+        # worker and fails it; do here what the monitoring daemon does.
+        (dead,) = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        assert dead.tags["dagster/partition"] == "00001"
+        instance.report_run_failed(dead)
         assert "00001" in missing_shard_keys(instance)
         assert "00000" not in missing_shard_keys(instance)
         # What the resume schedule would launch:
-        context = dg.build_schedule_context(instance=instance)
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime.datetime(2026, 1, 1)
+        )
         requested = [r.partition_key for r in resume_missing_shards(context)]
         assert requested == missing_shard_keys(instance)
         outcome = build_dataset(build_defs(spec_from_mapping(values)), instance)
@@ -210,3 +218,31 @@ def test_corrupted_tar_fails_the_blocking_checks(server: ImageServer, tmp_path: 
     assert {"samples_decode", "checksums_match"} <= failed
     assert "keys_unique" not in failed
     assert result.asset_materializations_for_node("dataset_card") == []  # blocked
+
+
+def test_run_config_overrides_one_key_and_is_validated(server: ImageServer, tmp_path: Path) -> None:
+    spec = spec_from_mapping(_spec_values(server, tmp_path))
+    with dg.instance_for_test() as instance:
+        job = _job(build_defs(spec))
+        job.execute_in_process(instance=instance, asset_selection=INGEST)
+        override = {"resources": {"dataset": {"config": {"image_size": 32, "resize_mode": "center_crop"}}}}
+        job.execute_in_process(
+            instance=instance, asset_selection=DOWNLOAD, partition_key="00000", run_config=override
+        )
+        sizes = {
+            (r["width"], r["height"])
+            for r in pq.read_table(tmp_path / "dataset" / "00000.parquet").to_pylist()
+        }
+        assert sizes - {(None, None)} == {(32, 32)}  # the other keys still come from the spec file
+
+        bad = {"resources": {"dataset": {"config": {"resize_mode": "wide"}}}}
+        result = job.execute_in_process(
+            instance=instance,
+            asset_selection=DOWNLOAD,
+            partition_key="00001",
+            run_config=bad,
+            raise_on_error=False,
+        )
+        assert not result.success
+        failure = next(e for e in result.all_events if e.is_step_failure)
+        assert "resize_mode='wide'" in str(failure.step_failure_data.error)

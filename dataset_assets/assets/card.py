@@ -9,24 +9,25 @@ from dataset_assets.assets.urls import FILTER_REPORT_NAME
 from dataset_assets.engine.storage import OutputFolder
 from dataset_assets.partitions import shards_partitions
 from dataset_assets.reporting.card import CardInputs, build_card, card_spec, write_card
-from dataset_assets.resources import DatasetSpec
+from dataset_assets.resources import DatasetResource
 
 
 @dg.asset(group_name="publish", deps=[dataset_verification], kinds={"markdown"})
-def dataset_card(context: dg.AssetExecutionContext, dataset: DatasetSpec) -> dg.MaterializeResult:
+def dataset_card(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
     """DATASET_CARD.md: sources, spec, filters, totals, failures, etiquette, sample grid."""
-    output = OutputFolder(dataset.output_folder)
-    plan = OutputFolder(dataset.plan_root)
+    spec = dataset.spec()
+    output = OutputFolder(spec.output_folder)
+    plan = OutputFolder(spec.plan_root)
     inputs = CardInputs(
-        title=dataset.card_title,
-        spec=card_spec(dataset.model_dump()),
+        title=spec.card_title,
+        spec=card_spec(spec.model_dump()),
         shard_keys=sorted(context.instance.get_dynamic_partitions(shards_partitions.name)),
-        options=dataset.download_options(),
+        options=spec.download_options(),
         filter_report=plan.read_json(FILTER_REPORT_NAME) if plan.exists(FILTER_REPORT_NAME) else None,
         verification=output.read_json(REPORT_NAME) if output.exists(REPORT_NAME) else None,
     )
-    card = build_card(dataset.output_folder, inputs)
-    paths = write_card(dataset.output_folder, card)
+    card = build_card(spec.output_folder, inputs)
+    paths = write_card(spec.output_folder, card)
     shown = card.markdown
     if card.grid_jpeg is not None:
         inline = base64.b64encode(card.grid_jpeg).decode()

@@ -11,23 +11,24 @@ from dataset_assets.assets.shards import image_shards
 from dataset_assets.engine.storage import OutputFolder
 from dataset_assets.partitions import shards_partitions
 from dataset_assets.reporting.verify import VerificationReport, verify_dataset
-from dataset_assets.resources import DatasetSpec
+from dataset_assets.resources import DatasetResource
 
 REPORT_NAME = "verification.json"
 
 
 @dg.asset(group_name="verify", deps=[image_shards], kinds={"python"})
-def dataset_verification(context: dg.AssetExecutionContext, dataset: DatasetSpec) -> dg.MaterializeResult:
+def dataset_verification(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
     """Re-read every registered shard: completeness, row counts, decodability, keys, checksums."""
+    spec = dataset.spec()
     keys = sorted(context.instance.get_dynamic_partitions(shards_partitions.name))
     report = verify_dataset(
-        dataset.output_folder,
+        spec.output_folder,
         keys,
-        dataset.download_options(),
-        shard_inputs_folder=dataset.shard_inputs_folder,
-        success_rate_floor=dataset.success_rate_floor,
+        spec.download_options(),
+        shard_inputs_folder=spec.shard_inputs_folder,
+        success_rate_floor=spec.success_rate_floor,
     )
-    OutputFolder(dataset.output_folder).write_json_atomic(REPORT_NAME, report.to_json())
+    OutputFolder(spec.output_folder).write_json_atomic(REPORT_NAME, report.to_json())
     return dg.MaterializeResult(
         metadata={
             "shards_expected": report.shards_expected,
@@ -43,15 +44,15 @@ def dataset_verification(context: dg.AssetExecutionContext, dataset: DatasetSpec
     )
 
 
-def load_report(dataset: DatasetSpec) -> VerificationReport:
-    return VerificationReport.from_json(OutputFolder(dataset.output_folder).read_json(REPORT_NAME))
+def load_report(dataset: DatasetResource) -> VerificationReport:
+    return VerificationReport.from_json(OutputFolder(dataset.spec().output_folder).read_json(REPORT_NAME))
 
 
 def _check(name: str, description: str, blocking: bool) -> dg.AssetChecksDefinition:
     severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
 
     @dg.asset_check(asset=dataset_verification, name=name, description=description, blocking=blocking)
-    def _evaluate(dataset: DatasetSpec) -> dg.AssetCheckResult:
+    def _evaluate(dataset: DatasetResource) -> dg.AssetCheckResult:
         outcome = load_report(dataset).checks[name]
         return dg.AssetCheckResult(
             passed=outcome.passed,

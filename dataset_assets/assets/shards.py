@@ -11,7 +11,7 @@ from dataset_assets.engine.runner import download_shard, is_shard_complete, read
 from dataset_assets.engine.stats import ShardStats
 from dataset_assets.engine.storage import OutputFolder
 from dataset_assets.partitions import shards_partitions
-from dataset_assets.resources import DatasetSpec
+from dataset_assets.resources import DatasetResource
 
 
 @dg.asset(
@@ -21,25 +21,26 @@ from dataset_assets.resources import DatasetSpec
     kinds={"python", "parquet"},
     automation_condition=dg.AutomationCondition.on_missing(),
 )
-def image_shards(context: dg.AssetExecutionContext, dataset: DatasetSpec) -> dg.MaterializeResult:
+def image_shards(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
     """Fetch, resize and write one shard (tar + parquet + stats) with the engine's worker pool.
 
     A shard already complete on disk is reported, not downloaded again (unless ``overwrite``),
     so a backfill over all partitions doubles as a cheap "resume what is missing".
     """
+    spec = dataset.spec()
     shard_id = int(context.partition_key)
-    options = dataset.download_options()
-    output = OutputFolder(dataset.output_folder)
+    options = spec.download_options()
+    output = OutputFolder(spec.output_folder)
     if options.incremental_mode == "incremental" and is_shard_complete(output, shard_id, options):
         stats = read_shard_stats(output, shard_id, options)
         context.log.info(f"shard {context.partition_key} already complete; not downloading it again")
     else:
-        name = shard_name(shard_id, dataset.oom_shard_count)
-        rows = pq.read_table(posixpath.join(dataset.shard_inputs_folder, f"{name}.parquet"))
+        name = shard_name(shard_id, spec.oom_shard_count)
+        rows = pq.read_table(posixpath.join(spec.shard_inputs_folder, f"{name}.parquet"))
         context.log.info(
             f"downloading shard {name}: {rows.num_rows} rows, {options.processes_count} processes"
         )
-        stats = download_shard(rows, dataset.output_folder, options, shard_id=shard_id)
+        stats = download_shard(rows, spec.output_folder, options, shard_id=shard_id)
     return dg.MaterializeResult(metadata=shard_metadata(stats))
 
 

@@ -7,20 +7,19 @@ import dagster as dg
 from dataset_assets.engine.storage import OutputFolder
 from dataset_assets.partitions import REGISTER_CHUNK, shards_partitions
 from dataset_assets.planning import filter_urls, write_shard_inputs
-from dataset_assets.resources import DatasetSpec
+from dataset_assets.resources import DatasetResource
 
 # Kept beside the plan so the dataset card can cite the filter counts.
 FILTER_REPORT_NAME = "filter_report.json"
 
 
 @dg.asset(group_name="ingest", kinds={"duckdb", "parquet"})
-def filtered_urls(context: dg.AssetExecutionContext, dataset: DatasetSpec) -> dg.MaterializeResult:
+def filtered_urls(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
     """The input URL list, normalised, de-duplicated and filtered by the spec's rules (DuckDB)."""
-    report = filter_urls(
-        dataset.url_list, dataset.input_format, dataset.filtered_urls_path, dataset.filter_settings()
-    )
+    spec = dataset.spec()
+    report = filter_urls(spec.url_list, spec.input_format, spec.filtered_urls_path, spec.filter_settings())
     context.log.info(f"{report.rows_in} rows in, {report.rows_out} kept; removed: {report.removed}")
-    OutputFolder(dataset.plan_root).write_json_atomic(FILTER_REPORT_NAME, dataclasses.asdict(report))
+    OutputFolder(spec.plan_root).write_json_atomic(FILTER_REPORT_NAME, dataclasses.asdict(report))
     return dg.MaterializeResult(
         metadata={
             "rows_in": report.rows_in,
@@ -33,23 +32,24 @@ def filtered_urls(context: dg.AssetExecutionContext, dataset: DatasetSpec) -> dg
                 "| domain | rows |\n|---|---|\n"
                 + "\n".join(f"| {domain} | {count} |" for domain, count in report.top_domains)
             ),
-            "path": dg.MetadataValue.path(dataset.filtered_urls_path),
+            "path": dg.MetadataValue.path(spec.filtered_urls_path),
         }
     )
 
 
 @dg.asset(group_name="ingest", deps=[filtered_urls], kinds={"duckdb", "parquet"})
-def url_shards(context: dg.AssetExecutionContext, dataset: DatasetSpec) -> dg.MaterializeResult:
+def url_shards(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
     """One parquet of ``number_sample_per_shard`` rows per shard, each registered as a partition.
 
     Idempotent: unchanged shard inputs are not rewritten and known keys are not re-added, so
     re-materialising after a partial download keeps every partition's history.
     """
+    spec = dataset.spec()
     keys = write_shard_inputs(
-        dataset.filtered_urls_path,
-        dataset.shard_inputs_folder,
-        dataset.number_sample_per_shard,
-        dataset.oom_shard_count,
+        spec.filtered_urls_path,
+        spec.shard_inputs_folder,
+        spec.number_sample_per_shard,
+        spec.oom_shard_count,
     )
     existing = set(context.instance.get_dynamic_partitions(shards_partitions.name))
     new = [key for key in keys if key not in existing]
@@ -63,6 +63,6 @@ def url_shards(context: dg.AssetExecutionContext, dataset: DatasetSpec) -> dg.Ma
             "num_shards": len(keys),
             "new_shards": len(new),
             "stale_shards": len(stale),
-            "shard_inputs": dg.MetadataValue.path(dataset.shard_inputs_folder),
+            "shard_inputs": dg.MetadataValue.path(spec.shard_inputs_folder),
         }
     )

@@ -55,9 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\nbuilt {outcome.shards} shards, {outcome.images} images "
         f"({outcome.success_rate:.1%} of {outcome.rows} rows) in {time.monotonic() - started:.0f}s"
     )
-    print(
-        f"verification checks: {'all passed' if outcome.checks_passed else 'FAILED: ' + outcome.failed_checks}"
-    )
+    verdict = "all passed" if outcome.checks_passed else f"FAILED: {outcome.failed_checks}"
+    print(f"verification checks: {verdict}")
     print(f"dataset:      {paths.dataset}")
     print(f"dataset card: {paths.dataset / 'DATASET_CARD.md'}")
     print(f"browse it:    DAGSTER_HOME={paths.dagster_home} DATASET_SPEC={paths.spec} dagster dev")

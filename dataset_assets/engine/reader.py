@@ -122,7 +122,9 @@ def source_sql(path: str, input_format: str) -> str:
     return f"read_parquet({p})"
 
 
-def connect(files: Sequence[str] = (), *, threads: int = 2, memory_limit: str | None = None):
+def connect(
+    files: Sequence[str] = (), *, threads: int = 2, memory_limit: str | None = None
+) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection set up to read ``files`` in order.
 
     Insertion order is kept explicitly: shard contents and keys are positional. Remote files are
@@ -164,7 +166,7 @@ def _resolve(name: str, found: list[str], what: str, path: str) -> str:
     raise InputError(f"{what} {name!r} not found in {path}; columns found: {', '.join(found) or '(none)'}")
 
 
-def _is_empty_file(path: str) -> bool:
+def is_empty_file(path: str) -> bool:
     """A 0-byte file holds no rows; DuckDB would instead invent a column or call it corrupt."""
     fs, p = fsspec.core.url_to_fs(path)
     try:
@@ -203,9 +205,12 @@ def _batches(con: duckdb.DuckDBPyConnection, sql: str, rows: int, path: str) -> 
     ``con.sql(...).to_arrow_reader`` streams; ``con.execute(...)`` would materialise the result.
     """
     try:
-        reader = con.sql(sql).to_arrow_reader(rows)
+        relation = con.sql(sql)
+        # to_arrow_reader is DuckDB 2's name; 1.x calls it fetch_arrow_reader.
+        make_reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader
+        reader = make_reader(rows)
         yield from reader
-    except duckdb.Error as e:
+    except (duckdb.Error, pa.ArrowException, OSError) as e:  # mid-stream errors come through Arrow
         raise InputError(f"cannot read {path}: {e}") from e
 
 
@@ -216,7 +221,11 @@ def _batch_rows(number_sample_per_shard: int) -> int:
 def _parquet_rows(con: duckdb.DuckDBPyConnection, path: str) -> int:
     """Row count from the parquet footer, without reading any data page."""
     try:
-        return int(con.execute(f"SELECT sum(num_rows) FROM parquet_file_metadata({sql_string(path)})").fetchall()[0][0])
+        return int(
+            con.execute(f"SELECT sum(num_rows) FROM parquet_file_metadata({sql_string(path)})").fetchall()[0][
+                0
+            ]
+        )
     except (duckdb.Error, TypeError) as e:
         raise InputError(f"cannot read {path}: {e}") from e
 
@@ -241,7 +250,7 @@ def iter_input_shards(
     total = 0
     try:
         for path in files:
-            if _is_empty_file(path):
+            if is_empty_file(path):
                 continue
             select = _select_sql(con, path, options)
             if skip is not None and options.input_format == "parquet":
@@ -290,13 +299,17 @@ def count_rows(url_list: str | Sequence[str], options: DownloadOptions) -> int:
     total = 0
     try:
         for path in files:
-            if _is_empty_file(path):
+            if is_empty_file(path):
                 continue
             if options.input_format == "parquet":
                 total += _parquet_rows(con, path)
                 continue
             try:
-                total += int(con.execute(f"SELECT count(*) FROM {source_sql(path, options.input_format)}").fetchall()[0][0])
+                total += int(
+                    con.execute(f"SELECT count(*) FROM {source_sql(path, options.input_format)}").fetchall()[
+                        0
+                    ][0]
+                )
             except duckdb.Error as e:
                 raise InputError(f"cannot read {path}: {e}") from e
     finally:

@@ -40,9 +40,18 @@ def read_manifest(out_dir: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("format") == _MANIFEST_FORMAT else None
 
 
+def _compact(table: pa.Table) -> pa.Table:
+    """The rows copied into fresh, contiguous buffers, without schema metadata.
+
+    A slice keeps (and, serialised, may carry) bytes of the batch it was cut from, so equal rows
+    cut from differently sized batches would otherwise fingerprint differently.
+    """
+    table = table.replace_schema_metadata(None)
+    return table.take(pa.array(range(table.num_rows), pa.int64())).combine_chunks()
+
+
 def _fingerprint(table: pa.Table) -> str:
-    """A digest of the shard's rows and schema; independent of how the rows were chunked."""
-    table = table.replace_schema_metadata(None).combine_chunks()
+    """A digest of a compacted shard's rows and schema (see :func:`_compact`)."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         for batch in table.to_batches():
@@ -109,10 +118,10 @@ def write_shard_inputs(
         key = shard_name(shard_id, oom_shard_count)
         name = f"{key}.parquet"
         path = os.path.join(out_dir, name)
+        table = _compact(table)
         fingerprint = _fingerprint(table)
         if _existing_fingerprint(path) != (table.num_rows, fingerprint):
-            metadata = dict(table.schema.metadata or {})
-            metadata[_FINGERPRINT_KEY] = fingerprint.encode()
+            metadata = {_FINGERPRINT_KEY: fingerprint.encode()}
             tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
             try:
                 pq.write_table(table.replace_schema_metadata(metadata), tmp, compression="zstd")
@@ -139,10 +148,13 @@ def write_shard_inputs(
     return keys
 
 
-def _remove_stale(out_dir: str, previous: dict[str, Any] | None, current: set[str], oom_shard_count: int) -> None:
+def _remove_stale(
+    out_dir: str, previous: dict[str, Any] | None, current: set[str], oom_shard_count: int
+) -> None:
     """Delete shard files that are not part of the current plan (ours by manifest or by name)."""
     stale = {e["path"] for e in (previous or {}).get("shards", []) if isinstance(e, dict) and "path" in e}
-    pattern = re.compile(rf"^\d{{{oom_shard_count}}}\.parquet$")
+    # Shard files by name, and temp files a killed run left behind.
+    pattern = re.compile(rf"^\d{{{oom_shard_count}}}\.parquet(\.[0-9a-f]{{8}}\.tmp)?$")
     stale.update(n for n in os.listdir(out_dir) if pattern.match(n))
     for name in stale - current:
         path = os.path.join(out_dir, os.path.basename(name))

@@ -8,6 +8,7 @@ function of (input files, settings). Every rule reports exactly how many rows it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -21,6 +22,7 @@ from dataset_assets.engine.reader import (
     InputError,
     connect,
     input_columns,
+    is_empty_file,
     list_input_files,
     source_sql,
     sql_identifier,
@@ -37,8 +39,8 @@ _HOSTPORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\x00-\x20\x7f/?#@:\[\]<>\"\\^`{|}%]
 # a path, nothing to encode, no fragment, no surrounding whitespace. Checking this is ~10x
 # cheaper than parsing, so only the rest goes through the full normalisation.
 _NORMAL_PATTERN = r"^https?://[a-z0-9.\-]+(:[0-9]{1,5})?/[\x21-\x22\x24-\x7e]*"
-# The host of an already normalised URL (lower-case scheme, no fragment).
-_HOST_PATTERN = r"^[a-z][a-z0-9+.\-]*://(?:[^/?#@]*@)?(\[[^\]]*\]|[^/?#:]*)"
+# The host inside the authority ("user@host:port") of a normalised URL.
+_HOST_IN_AUTHORITY_PATTERN = r"^(?:[^@]*@)?(\[[^\]]*\]|[^:]*)"
 
 _DUCKDB_MEMORY_LIMIT = "2GB"
 _TOP_DOMAINS = 20
@@ -114,9 +116,12 @@ def _normalize_sql(expr: str, *, http_only: bool) -> str:
     # The URL is parsed once into a struct and bound to a lambda parameter, so the (costly)
     # regular expression is not repeated for each part.
     trimmed = f"trim(CAST(({expr}) AS VARCHAR), {sql_string(_WHITESPACE)})"
-    parts = f"regexp_extract({trimmed}, {sql_string(_URL_PATTERN)}, ['scheme', 'userinfo', 'hostport', 'rest'])"
+    parts = (
+        f"regexp_extract({trimmed}, {sql_string(_URL_PATTERN)}, ['scheme', 'userinfo', 'hostport', 'rest'])"
+    )
     encoded = _encode_sql("__nu_p.rest")
-    path = f"CASE WHEN __nu_p.rest = '' OR starts_with(__nu_p.rest, '?') THEN '/' || {encoded} ELSE {encoded} END"
+    empty_path = "__nu_p.rest = '' OR starts_with(__nu_p.rest, '?')"
+    path = f"CASE WHEN {empty_path} THEN '/' || {encoded} ELSE {encoded} END"
     condition = "__nu_p.scheme <> ''"
     if http_only:
         condition = (
@@ -147,9 +152,19 @@ def normalize_url_sql(expr: str) -> str:
     return _normalize_sql(expr, http_only=False)
 
 
+def _authority_sql(normalized_url: str) -> str:
+    # A normalised URL is "scheme://authority/...", so the authority is the third "/" field;
+    # much cheaper than a regular expression over the whole URL.
+    return f"split_part({normalized_url}, '/', 3)"
+
+
+def _host_in_authority_sql(authority: str) -> str:
+    return f"regexp_extract({authority}, {sql_string(_HOST_IN_AUTHORITY_PATTERN)}, 1)"
+
+
 def host_sql(normalized_url: str) -> str:
     """The host (without userinfo or port) of a URL produced by :func:`normalize_url_sql`."""
-    return f"regexp_extract({normalized_url}, {sql_string(_HOST_PATTERN)}, 1)"
+    return _host_in_authority_sql(_authority_sql(normalized_url))
 
 
 def _domain_regex(domains: Sequence[str]) -> str:
@@ -158,7 +173,13 @@ def _domain_regex(domains: Sequence[str]) -> str:
         d = d.strip().lower().lstrip("*").strip(".")
         if d:
             cleaned.append("".join("\\" + ch if ch in r"\.^$|?*+()[]{}" else ch for ch in d))
-    return "(^|\\.)(" + "|".join(cleaned) + ")$" if cleaned else ""
+    # Matched against the authority ("user@host.:port"), so that no host needs extracting.
+    return "(^|[.@])(" + "|".join(cleaned) + ")\\.?(:[0-9]*)?$" if cleaned else ""
+
+
+def _double(value: float) -> str:
+    """A DOUBLE literal; going through a string keeps inf and nan valid SQL."""
+    return f"CAST({sql_string(repr(float(value)))} AS DOUBLE)"
 
 
 def _resolve(name: str, columns: list[str]) -> str | None:
@@ -197,15 +218,13 @@ def filter_urls(
         assert tmp_dir is not None
         con.execute(f"SET temp_directory = {sql_string(tmp_dir.name)}")
     suffix = uuid.uuid4().hex[:12]
-    base, firsts = f"__plan_base_{suffix}", f"__plan_first_{suffix}"
+    base, verdict = f"__plan_base_{suffix}", f"__plan_verdict_{suffix}"
     try:
-        return _filter(con, files, input_format, output_path, settings, base, firsts)
+        return _filter(con, files, input_format, output_path, settings, base, verdict)
     finally:
-        for table in (base, firsts):
-            try:
+        for table in (base, verdict):
+            with contextlib.suppress(duckdb.Error):
                 con.execute(f"DROP TABLE IF EXISTS {table}")
-            except duckdb.Error:
-                pass
         if own:
             con.close()
             assert tmp_dir is not None
@@ -214,13 +233,19 @@ def filter_urls(
 
 def _filter(
     con: duckdb.DuckDBPyConnection,
-    files: list[str],
+    all_files: list[str],
     input_format: str,
     output_path: str,
     s: FilterSettings,
     base: str,
-    firsts: str,
+    verdict: str,
 ) -> FilterReport:
+    # 0-byte files hold no rows (DuckDB would invent a column for them or call them corrupt).
+    files = [f for f in all_files if not is_empty_file(f)]
+    if not files:
+        raise InputError(
+            f"input {', '.join(all_files[:3])}{' ...' if len(all_files) > 3 else ''} contains no rows"
+        )
     columns_per_file = {f: input_columns(con, f, input_format) for f in files}
 
     def require(name: str, what: str) -> None:
@@ -263,15 +288,14 @@ def _filter(
     select += [f"{sql_identifier(c)} AS {sql_identifier(c)}" for c in additional + extra_cols]
     out_columns = ["url"] + (["caption"] if s.caption_col is not None else []) + additional + extra_cols
 
-    try:
-        for i, f in enumerate(files):
-            query = f"SELECT {', '.join(select)} FROM {source_sql(f, input_format)}"
-            if i == 0:
-                con.execute(f"CREATE TEMP TABLE {base} AS {query}")
-            else:
-                con.execute(f"INSERT INTO {base} {query}")
-    except duckdb.Error as e:
-        raise InputError(f"cannot read {files[i]}: {e}") from e
+    # File by file into one table: its rowid is then the input order (file order, row order),
+    # which de-duplication ("first occurrence") and the output order rely on.
+    for i, f in enumerate(files):
+        query = f"SELECT {', '.join(select)} FROM {source_sql(f, input_format)}"
+        try:
+            con.execute(f"CREATE TEMP TABLE {base} AS {query}" if i == 0 else f"INSERT INTO {base} {query}")
+        except duckdb.Error as e:
+            raise InputError(f"cannot read {f}: {e}") from e
 
     # Rules after invalid_url / duplicate, as (name, SQL condition that removes the row).
     rules: list[tuple[str, str]] = []
@@ -299,14 +323,14 @@ def _filter(
         if filter_cols[key] is None:
             skipped[rule] = why_absent[key]
         else:
-            rules.append((rule, f"{num(key)} {op} {float(value)!r}"))
+            rules.append((rule, f"{num(key)} {op} {_double(value)}"))
     if s.max_aspect_ratio is not None:
         if filter_cols["width"] is None or filter_cols["height"] is None:
             skipped["max_aspect_ratio"] = why_absent["width"] or why_absent["height"]
         else:
             w, h = num("width"), num("height")
             ratio = f"greatest({w}, {h}) / NULLIF(least({w}, {h}), 0)"
-            rules.append(("max_aspect_ratio", f"{ratio} > {float(s.max_aspect_ratio)!r}"))
+            rules.append(("max_aspect_ratio", f"{ratio} > {_double(s.max_aspect_ratio)}"))
     for rule, key, value, op in (
         ("min_similarity", "similarity", s.min_similarity, "<"),
         ("max_punsafe", "punsafe", s.max_punsafe, ">"),
@@ -317,36 +341,44 @@ def _filter(
         if filter_cols[key] is None:
             skipped[rule] = why_absent[key]
         else:
-            rules.append((rule, f"{num(key)} {op} {float(value)!r}"))
-    host = f"rtrim({host_sql('url')}, '.')"
+            rules.append((rule, f"{num(key)} {op} {_double(value)}"))
+    authority = _authority_sql("url")
     if s.allowed_domains:
         pattern = _domain_regex(s.allowed_domains)
         if pattern:
-            rules.append(("allowed_domains", f"NOT regexp_matches({host}, {sql_string(pattern)})"))
+            rules.append(("allowed_domains", f"NOT regexp_matches({authority}, {sql_string(pattern)})"))
         else:
             skipped["allowed_domains"] = "no usable domain given"
     if s.denied_domains:
         pattern = _domain_regex(s.denied_domains)
         if pattern:
-            rules.append(("denied_domains", f"regexp_matches({host}, {sql_string(pattern)})"))
+            rules.append(("denied_domains", f"regexp_matches({authority}, {sql_string(pattern)})"))
         else:
             skipped["denied_domains"] = "no usable domain given"
 
-    con.execute(f"CREATE TEMP TABLE {firsts} AS SELECT min(rowid) AS r FROM {base} WHERE url IS NOT NULL GROUP BY url")
-    names = ["invalid_url", "duplicate"] + [name for name, _ in rules]
-    cases = " ".join(f"WHEN coalesce({cond}, false) THEN {i + 2}" for i, (_, cond) in enumerate(rules))
-    counts = dict(
-        con.execute(
-            f"SELECT CASE WHEN b.url IS NULL THEN 0 WHEN f.r IS NULL THEN 1 {cases} ELSE -1 END AS reason, "
-            f"count(*) FROM {base} b LEFT JOIN {firsts} f ON b.rowid = f.r GROUP BY reason"
-        ).fetchall()
-    )
-    rows_in = sum(counts.values())
+    # The first occurrence (in input order) of each valid normalised URL survives de-duplication;
+    # the filters are evaluated once, on those rows only, and each row gets the number of the
+    # first rule that removes it (-1: kept), so that the counts are sequential and exact.
+    rows_in, invalid = con.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE url IS NULL) FROM {base}"
+    ).fetchall()[0]
     if rows_in == 0:
-        raise InputError(f"input {', '.join(files[:3])}{' ...' if len(files) > 3 else ''} contains no rows")
-    removed = {name: int(counts.get(i, 0)) for i, name in enumerate(names)}
+        raise InputError(
+            f"input {', '.join(all_files[:3])}{' ...' if len(all_files) > 3 else ''} contains no rows"
+        )
+    cases = " ".join(f"WHEN coalesce({cond}, false) THEN {i}" for i, (_, cond) in enumerate(rules))
+    con.execute(
+        f"CREATE TEMP TABLE {verdict} AS SELECT b.rowid AS r, CASE {cases} ELSE -1 END AS rule FROM {base} b "
+        f"WHERE b.rowid IN (SELECT min(rowid) FROM {base} WHERE url IS NOT NULL GROUP BY url)"
+        if rules
+        else f"CREATE TEMP TABLE {verdict} AS SELECT min(rowid) AS r, -1 AS rule FROM {base} "
+        "WHERE url IS NOT NULL GROUP BY url"
+    )
+    per_rule = dict(con.execute(f"SELECT rule, count(*) FROM {verdict} GROUP BY rule").fetchall())
+    unique = sum(per_rule.values())
+    removed = {"invalid_url": int(invalid), "duplicate": int(rows_in - invalid - unique)}
+    removed.update((name, int(per_rule.get(i, 0))) for i, (name, _) in enumerate(rules))
 
-    keep = " AND ".join(f"NOT coalesce({cond}, false)" for _, cond in rules) or "true"
     order = "b.rowid"
     if s.shuffle_seed is not None:
         # md5 rather than hash(): its value does not change between DuckDB versions, so a
@@ -358,17 +390,19 @@ def _filter(
     tmp = os.path.join(parent, f".{os.path.basename(output_path)}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         con.execute(
-            f"COPY (SELECT {projection} FROM {base} b SEMI JOIN {firsts} f ON b.rowid = f.r "
-            f"WHERE {keep} ORDER BY {order}) TO {sql_string(tmp)} (FORMAT parquet, COMPRESSION zstd)"
+            f"COPY (SELECT {projection} FROM {base} b SEMI JOIN (SELECT r FROM {verdict} WHERE rule = -1) v "
+            f"ON b.rowid = v.r ORDER BY {order}) TO {sql_string(tmp)} (FORMAT parquet, COMPRESSION zstd)"
         )
         os.replace(tmp, output_path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
+    # Count per authority first (few distinct values), then fold authorities into hosts.
     top = con.execute(
-        f"SELECT {host_sql('url')} AS host, count(*) AS n FROM read_parquet({sql_string(output_path)}) "
-        f"GROUP BY host ORDER BY n DESC, host LIMIT {_TOP_DOMAINS}"
+        f"SELECT {_host_in_authority_sql('a')} AS host, sum(n) AS n FROM "
+        f"(SELECT {_authority_sql('url')} AS a, count(*) AS n FROM read_parquet({sql_string(output_path)}) "
+        f"GROUP BY a) GROUP BY host ORDER BY n DESC, host LIMIT {_TOP_DOMAINS}"
     ).fetchall()
     rows_out = rows_in - sum(removed.values())
     return FilterReport(

@@ -13,11 +13,12 @@ import pytest
 from PIL import Image, ImageOps
 from PIL.TiffImagePlugin import IFDRational
 
-from dataset_assets.engine.image import ImageProcessor, ImageRejected, ProcessedImage
+from dataset_assets.engine.image import ImageProcessor, ImageRejected, ProcessedImage, _probe
 from dataset_assets.engine.options import INTERPOLATIONS, DownloadOptions
 
 RED = (0, 0, 255)  # BGR
 BLUE = (255, 0, 0)
+_IGNORE = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 
 
 def processor(**options: object) -> ImageProcessor:
@@ -353,6 +354,49 @@ def test_reduced_decode_psnr_against_area_reference() -> None:
     out = decode(processor(resize_mode="keep_ratio_largest", encode_format="png").process(raw))
     assert out.shape == reference.shape
     assert psnr(out, reference) >= 35
+
+
+@pytest.mark.parametrize(
+    ("size_in", "factor"),
+    [
+        ((1024, 768), 4),  # exactly 256x192 at 1/4: no resample at all
+        ((2048, 1536), 8),
+        ((800, 600), 2),  # 400x300 -> 256x192 is a 1.56:1 shrink
+        ((640, 480), 1),  # 320x240 at 1/2 would leave only 1.25:1: full decode
+        ((2052, 1027), 4),  # 1/8 cannot be resampled onto the grid within 0.1 px; 1/4 can
+    ],
+)
+def test_reduced_decode_factor_choice(size_in: tuple[int, int], factor: int) -> None:
+    width, height = size_in
+    raw = cv_encode(np.full((height, width, 3), 128, np.uint8), ".jpg")
+    fast = processor(resize_mode="keep_ratio_largest")
+    header = _probe(raw)
+    image, chosen = fast._decode(raw, header, fast._plan(width, height), False)
+    assert chosen == factor
+    assert image.shape[:2] == (-(-height // factor), -(-width // factor))
+
+
+def test_reduced_decode_with_exif_rotation() -> None:
+    image = textured(768, 1024, seed=5)
+    source = Image.fromarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    raw = pil_encode(source, "JPEG", quality=95, exif=exif_with_orientation(6))
+    options = DownloadOptions(resize_mode="keep_ratio_largest", encode_format="png", encode_quality=1)
+    fast = ImageProcessor(options).process(raw)
+    full = ImageProcessor(options, reduced_decode=False).process(raw)
+    assert (fast.width, fast.height, fast.original_width, fast.original_height) == (192, 256, 768, 1024)
+    upright = cv2.rotate(cv2.imdecode(np.frombuffer(raw, np.uint8), _IGNORE), cv2.ROTATE_90_CLOCKWISE)
+    reference = cv2.resize(upright, (192, 256), interpolation=cv2.INTER_AREA)
+    assert psnr(decode(fast), reference) >= 35
+    assert psnr(decode(full), reference) >= 40
+
+
+@pytest.mark.parametrize("size_in", [(1601, 1201), (3000, 2000), (1024, 768)])
+def test_area_pre_shrink_matches_direct_area_resize(size_in: tuple[int, int]) -> None:
+    width, height = size_in
+    image = textured(height, width, seed=7)
+    out = decode(processor(resize_mode="keep_ratio_largest", encode_format="png").process(cv_encode(image)))
+    reference = cv2.resize(image, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_AREA)
+    assert psnr(out, reference) >= 40
 
 
 # ---------------------------------------------------------------- rejections

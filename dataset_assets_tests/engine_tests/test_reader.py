@@ -59,7 +59,19 @@ def _shards(url_list, **opts):
     return list(iter_input_shards(url_list, DownloadOptions(**opts)))
 
 
-FORMATS = ["txt", "txt.gz", "csv", "csv.gz", "tsv", "tsv.gz", "json", "json.gz", "jsonl", "jsonl.gz", "parquet"]
+FORMATS = [
+    "txt",
+    "txt.gz",
+    "csv",
+    "csv.gz",
+    "tsv",
+    "tsv.gz",
+    "json",
+    "json.gz",
+    "jsonl",
+    "jsonl.gz",
+    "parquet",
+]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -80,7 +92,11 @@ def test_every_format_gives_the_same_rows(tmp_path: Path, fmt: str) -> None:
 def test_additional_columns_keep_requested_names(tmp_path: Path) -> None:
     path = _write(tmp_path / "input.jsonl", "jsonl", ROWS)
     (shard,) = _shards(
-        str(path), input_format="jsonl", url_col="URL", save_additional_columns=["score"], caption_col="caption"
+        str(path),
+        input_format="jsonl",
+        url_col="URL",
+        save_additional_columns=["score"],
+        caption_col="caption",
     )
     assert shard.table.column_names == ["url", "caption", "score"]
     assert shard.table.column("score").to_pylist() == [10, 20, 30, 40, 50]
@@ -128,7 +144,9 @@ def test_folder_shards_do_not_span_files(tmp_path: Path) -> None:
     assert [s.table.num_rows for s in shards] == [3, 2, 3, 1]
     assert shards[1].table.column("url").to_pylist() == ["http://a/3", "http://a/4"]
     assert shards[2].table.column("url").to_pylist()[0] == "http://b/0"
-    with_start = list(iter_input_shards(str(folder), DownloadOptions(number_sample_per_shard=3), start_shard_id=10))
+    with_start = list(
+        iter_input_shards(str(folder), DownloadOptions(number_sample_per_shard=3), start_shard_id=10)
+    )
     assert [s.shard_id for s in with_start] == [10, 11, 12, 13]
 
 
@@ -150,7 +168,9 @@ def test_skip(tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     for name, n in (("a", 7), ("b", 4)):
-        pq.write_table(pa.table({"url": [f"http://{name}/{i}" for i in range(n)]}), folder / f"{name}.parquet")
+        pq.write_table(
+            pa.table({"url": [f"http://{name}/{i}" for i in range(n)]}), folder / f"{name}.parquet"
+        )
     opts = DownloadOptions(input_format="parquet", number_sample_per_shard=3)
     asked: list[int] = []
 
@@ -164,7 +184,9 @@ def test_skip(tmp_path: Path) -> None:
     assert set(asked) == {0, 1, 2, 3, 4}
     # Text input takes the streaming path for skipped shards.
     (tmp_path / "t.txt").write_text("\n".join(f"http://t/{i}" for i in range(7)))
-    shards = list(iter_input_shards(str(tmp_path / "t.txt"), opts.replace(input_format="txt"), skip=lambda i: i != 2))
+    shards = list(
+        iter_input_shards(str(tmp_path / "t.txt"), opts.replace(input_format="txt"), skip=lambda i: i != 2)
+    )
     assert [(s.shard_id, s.table.column("url").to_pylist()) for s in shards] == [(2, ["http://t/6"])]
 
 
@@ -180,7 +202,9 @@ def test_missing_column_lists_found_columns(tmp_path: Path) -> None:
         _shards(str(path), input_format="csv", url_col="link")
 
 
-@pytest.mark.parametrize(("fmt", "content"), [("txt", ""), ("csv", ""), ("csv", "url,caption\n"), ("jsonl", "")])
+@pytest.mark.parametrize(
+    ("fmt", "content"), [("txt", ""), ("csv", ""), ("csv", "url,caption\n"), ("jsonl", "")]
+)
 def test_empty_input(tmp_path: Path, fmt: str, content: str) -> None:
     path = tmp_path / f"input.{fmt}"
     path.write_text(content)
@@ -197,7 +221,7 @@ def test_empty_file_among_others_gives_no_shard(tmp_path: Path) -> None:
 def test_corrupt_parquet_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"this is not parquet" * 50)
-    with pytest.raises(InputError, match="broken.parquet"):
+    with pytest.raises(InputError, match=r"broken\.parquet"):
         _shards(str(path), input_format="parquet")
 
 
@@ -206,6 +230,17 @@ def test_corrupt_gzip_names_the_file(tmp_path: Path) -> None:
     path.write_bytes(b"not gzip at all\n" * 10)
     with pytest.raises(InputError, match=r"broken\.txt\.gz"):
         _shards(str(path), input_format="txt.gz")
+
+
+def test_error_in_the_middle_of_a_file_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    lines = ["url,caption"] + [f"http://h/{i},cap" for i in range(50_000)] + ['http://h/x,"unterminated']
+    path.write_text("\n".join([*lines, "http://h/y,cap"]) + "\n")
+    shards = []
+    with pytest.raises(InputError, match=r"bad\.csv"):
+        shards.extend(
+            iter_input_shards(str(path), DownloadOptions(input_format="csv", number_sample_per_shard=1000))
+        )
 
 
 def test_source_sql_and_input_columns_quote_paths(tmp_path: Path) -> None:

@@ -173,7 +173,7 @@ def test_ten_thousand_rows_spread_over_two_processes(tmp_path) -> None:
 def test_interrupt_terminates_workers_and_commits_nothing(tmp_path) -> None:
     with ImageServer(images={}, config=ServerConfig(max_lifetime_s=60)) as server:
         table = rows(
-            [server.url_for(f"/slow/20/x{i}.jpg") for i in range(40)] + [server.url_for("/status/404")]
+            [server.url_for("/status/404")] + [server.url_for(f"/slow/20/x{i}.jpg") for i in range(40)]
         )
         pool = DownloadPool(local_options(processes_count=2, timeout=30), str(tmp_path))
 

@@ -1,0 +1,240 @@
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dataset_assets.engine.reader import InputError
+from dataset_assets.planning import FilterSettings, filter_urls, normalize_url_sql, write_shard_inputs
+
+# (url, caption, WIDTH, HEIGHT, similarity, punsafe) and the rule expected to remove the row.
+CRAFTED: list[tuple[tuple, str | None]] = [
+    (("http://a.com/1.jpg", "cap one", 500, 500, 0.3, 0.1), None),
+    (("http://A.COM/1.jpg", "cap one", 500, 500, 0.3, 0.1), "duplicate"),
+    ((" http://a.com/1.jpg#frag ", "cap one", 500, 500, 0.3, 0.1), "duplicate"),
+    (("ftp://a.com/2.jpg", "good caption", 500, 500, 0.3, 0.1), "invalid_url"),
+    (("not a url", "good caption", 500, 500, 0.3, 0.1), "invalid_url"),
+    ((None, "good caption", 500, 500, 0.3, 0.1), "invalid_url"),
+    (("", "good caption", 500, 500, 0.3, 0.1), "invalid_url"),
+    (("http:///nohost.jpg", "good caption", 500, 500, 0.3, 0.1), "invalid_url"),
+    (("http://b.com/2.jpg", "ab", 500, 500, 0.3, 0.1), "min_caption_length"),
+    (("http://b.com/3.jpg", "good caption", 50, 500, 0.3, 0.1), "min_width"),
+    (("http://b.com/4.jpg", "good caption", 500, 50, 0.3, 0.1), "min_height"),
+    (("http://b.com/5.jpg", "good caption", 1000, 200, 0.3, 0.1), "max_aspect_ratio"),
+    (("http://b.com/6.jpg", "good caption", 500, 500, 0.1, 0.1), "min_similarity"),
+    (("http://c.b.com/7.jpg", "good caption", 500, 500, 0.3, 0.9), "max_punsafe"),
+    (("http://bad.com/8.jpg", "good caption", 500, 500, 0.3, 0.1), "denied_domains"),
+    (("http://img.BAD.com:8080/9.jpg", "good caption", 500, 500, 0.3, 0.1), "denied_domains"),
+    (("http://notbad.com/10.jpg", "good caption", 500, 500, 0.3, 0.1), None),
+    (("http://b.com/11.jpg", "good caption", None, 500, 0.3, 0.1), None),  # unknown width passes
+    (("http://b.com/3.jpg", "good caption", 500, 500, 0.3, 0.1), "duplicate"),  # dup of a filtered row
+]
+NAMES = ["url", "caption", "WIDTH", "HEIGHT", "similarity", "punsafe"]
+SETTINGS = FilterSettings(
+    caption_col="caption",
+    min_caption_length=5,
+    min_width=100,
+    min_height=100,
+    max_aspect_ratio=3.0,
+    min_similarity=0.2,
+    max_punsafe=0.5,
+    max_pwatermark=0.5,  # no such column: skipped
+    denied_domains=("bad.com",),
+)
+
+
+def _write_crafted(path: Path) -> Path:
+    rows = [r for r, _ in CRAFTED]
+    if path.suffix == ".parquet":
+        pq.write_table(pa.table({n: [r[i] for r in rows] for i, n in enumerate(NAMES)}), path)
+    else:
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(NAMES)
+            writer.writerows([["" if v is None else v for v in r] for r in rows])
+    return path
+
+
+def _normalize(con: duckdb.DuckDBPyConnection, url: str | None) -> str | None:
+    return con.execute(f"SELECT {normalize_url_sql('$1')}", [url]).fetchall()[0][0]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            " HTTP://Example.COM/Path/My Image.JPG?q=a b#frag ",
+            "http://example.com/Path/My%20Image.JPG?q=a%20b",
+        ),
+        ("https://exa.com/café.jpg", "https://exa.com/caf%C3%A9.jpg"),
+        ("https://exa.com/a%20b%C3%A9.jpg", "https://exa.com/a%20b%C3%A9.jpg"),
+        ("https://exa.com/日本", "https://exa.com/%E6%97%A5%E6%9C%AC"),
+        ("http://Ex.com", "http://ex.com/"),
+        ("http://Ex.com?x=1", "http://ex.com/?x=1"),
+        ("http://User:PW@Ex.COM:8080/X", "http://User:PW@ex.com:8080/X"),
+        ("https://Bücher.DE/x", "https://bücher.de/x"),
+        ("https://already.normal.com/x.jpg?a=B", "https://already.normal.com/x.jpg?a=B"),
+        ("ftp://Host/x", "ftp://host/x"),
+        ("garbage", None),
+        (None, None),
+    ],
+)
+def test_normalize_url_sql(raw: str | None, expected: str | None) -> None:
+    assert _normalize(duckdb.connect(), raw) == expected
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_exact_sequential_counts(tmp_path: Path, suffix: str) -> None:
+    path = _write_crafted(tmp_path / f"input{suffix}")
+    out = tmp_path / "out" / "filtered.parquet"
+    report = filter_urls(str(path), suffix[1:], str(out), SETTINGS)
+
+    expected = {
+        "invalid_url": 0,
+        "duplicate": 0,
+        "min_caption_length": 0,
+        "min_width": 0,
+        "min_height": 0,
+        "max_aspect_ratio": 0,
+        "min_similarity": 0,
+        "max_punsafe": 0,
+        "denied_domains": 0,
+    }
+    for _, rule in CRAFTED:
+        if rule:
+            expected[rule] += 1
+    assert report.removed == expected
+    assert list(report.removed) == list(expected)  # rule order
+    assert report.rows_in == len(CRAFTED)
+    assert report.rows_out == sum(1 for _, rule in CRAFTED if rule is None) == 3
+    assert set(report.skipped_rules) == {"max_pwatermark"}
+    assert "pwatermark" in report.skipped_rules["max_pwatermark"]
+
+    table = pq.read_table(out)
+    assert table.column_names == ["url", "caption", "WIDTH", "HEIGHT", "similarity", "punsafe"]
+    assert table.column("url").to_pylist() == [
+        "http://a.com/1.jpg",
+        "http://notbad.com/10.jpg",
+        "http://b.com/11.jpg",
+    ]
+    assert report.columns == table.column_names
+    assert sorted(report.top_domains) == [("a.com", 1), ("b.com", 1), ("notbad.com", 1)]
+    assert not [p for p in out.parent.iterdir() if p.name != "filtered.parquet"]  # no temp file left
+
+
+def test_allowed_domains_and_unset_filters(tmp_path: Path) -> None:
+    path = _write_crafted(tmp_path / "input.parquet")
+    out = tmp_path / "filtered.parquet"
+    report = filter_urls(str(path), "parquet", str(out), FilterSettings(allowed_domains=["b.com"]))
+    assert report.removed == {"invalid_url": 5, "duplicate": 3, "allowed_domains": 4}
+    assert report.skipped_rules == {}
+    urls = pq.read_table(out).column("url").to_pylist()
+    assert urls == [f"http://b.com/{i}.jpg" for i in (2, 3, 4, 5, 6)] + [
+        "http://c.b.com/7.jpg",
+        "http://b.com/11.jpg",
+    ]
+    # Filter columns present in the input are carried along even when their filter is unset.
+    assert pq.read_schema(out).names == ["url", "WIDTH", "HEIGHT", "similarity", "punsafe"]
+
+
+def test_missing_filter_columns_are_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "urls.txt"
+    path.write_text("http://a.com/1\nhttp://a.com/1#x\nhttp://b.com/2\n")
+    settings = FilterSettings(
+        min_width=10, max_aspect_ratio=2, min_similarity=0.3, max_punsafe=0.5, min_caption_length=3
+    )
+    report = filter_urls(str(path), "txt", str(tmp_path / "f.parquet"), settings)
+    assert report.removed == {"invalid_url": 0, "duplicate": 1}
+    assert set(report.skipped_rules) == {
+        "min_caption_length",
+        "min_width",
+        "max_aspect_ratio",
+        "min_similarity",
+        "max_punsafe",
+    }
+    assert "WIDTH" in report.skipped_rules["min_width"] and "urls.txt" in report.skipped_rules["min_width"]
+    assert report.rows_out == 2
+
+
+def test_lower_case_width_height_columns(tmp_path: Path) -> None:
+    path = tmp_path / "in.parquet"
+    pq.write_table(
+        pa.table({"url": ["http://a/1", "http://a/2"], "width": [10, 500], "height": [500, 500]}), path
+    )
+    settings = FilterSettings(min_width=100, max_aspect_ratio=math.inf)
+    report = filter_urls(str(path), "parquet", str(tmp_path / "f.parquet"), settings)
+    assert report.removed["min_width"] == 1
+    assert report.removed["max_aspect_ratio"] == 0
+    assert pq.read_schema(tmp_path / "f.parquet").names == ["url", "width", "height"]
+
+
+def test_several_files_keep_file_order_and_dedup_across_files(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "b.txt").write_text("http://x/b1\nhttp://x/a1\n")
+    (folder / "a.txt").write_text("http://x/a1\nhttp://x/a2\n")
+    out = tmp_path / "f.parquet"
+    report = filter_urls(str(folder), "txt", str(out), FilterSettings())
+    assert report.removed == {"invalid_url": 0, "duplicate": 1}
+    assert pq.read_table(out).column("url").to_pylist() == ["http://x/a1", "http://x/a2", "http://x/b1"]
+
+
+def test_missing_required_column_and_empty_input(tmp_path: Path) -> None:
+    path = _write_crafted(tmp_path / "input.csv")
+    with pytest.raises(InputError, match=r"caption_col 'text' not found .*input\.csv.*url, caption, WIDTH"):
+        filter_urls(str(path), "csv", str(tmp_path / "f.parquet"), FilterSettings(caption_col="text"))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("url,caption\n")
+    with pytest.raises(InputError, match="contains no rows"):
+        filter_urls(str(empty), "csv", str(tmp_path / "f.parquet"), FilterSettings())
+    assert not (tmp_path / "f.parquet").exists()
+
+
+def test_shuffle_is_deterministic(tmp_path: Path) -> None:
+    path = tmp_path / "in.parquet"
+    con = duckdb.connect()
+    con.execute(
+        f"COPY (SELECT 'http://h' || (i % 7) || '.com/' || i AS url FROM range(2000) t(i)) TO '{path}'"
+    )
+
+    def run(seed: int | None, name: str) -> list[str]:
+        out = tmp_path / name
+        filter_urls(str(path), "parquet", str(out), FilterSettings(shuffle_seed=seed))
+        return pq.read_table(out).column("url").to_pylist()
+
+    plain, first, again, other = run(None, "p"), run(1, "a"), run(1, "b"), run(2, "c")
+    assert first == again
+    assert first != other and first != plain
+    assert sorted(first) == sorted(other) == sorted(plain)
+    assert plain == [f"http://h{i % 7}.com/{i}" for i in range(2000)]
+
+
+def test_one_million_rows(tmp_path: Path) -> None:
+    """Scale check (generated by DuckDB): ~5% duplicates, a few invalid rows, LAION columns."""
+    path = tmp_path / "big.parquet"
+    con = duckdb.connect()
+    con.execute(
+        f"""COPY (SELECT
+            CASE WHEN i % 1000 = 7 THEN 'garbage ' || i
+                 ELSE 'https://img' || (hash(id) % 5000) || '.example.com/' || id || '.jpg' END AS url,
+            'caption ' || id AS caption,
+            (hash(id * 3) % 1000)::INTEGER AS WIDTH, (hash(id * 5) % 1000)::INTEGER AS HEIGHT
+        FROM (SELECT i, CASE WHEN i % 20 = 0 AND i > 0 THEN hash(i) % i ELSE i END AS id
+              FROM range(1000000) t(i)))
+        TO '{path}' (FORMAT parquet)"""
+    )
+    out = tmp_path / "filtered.parquet"
+    report = filter_urls(str(path), "parquet", str(out), FilterSettings(caption_col="caption", min_width=100))
+    assert report.removed["invalid_url"] == 1000
+    assert 40_000 < report.removed["duplicate"] < 50_000
+    assert report.rows_out == pq.read_metadata(out).num_rows
+    assert report.rows_in == 1_000_000
+    assert report.rows_out == report.rows_in - sum(report.removed.values())
+    assert len(report.top_domains) == 20
+    keys = write_shard_inputs(str(out), str(tmp_path / "shards"), 10_000)
+    assert len(keys) == -(-report.rows_out // 10_000)
