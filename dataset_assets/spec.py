@@ -96,6 +96,9 @@ class DatasetSpec(pydantic.BaseModel):
     max_redirects: int = 10
     max_body_bytes: int = 32 * 1024 * 1024
     max_connections_per_host: int = 8
+    requests_per_second_per_host: float | None = None
+    host_failure_limit: int = 5
+    respect_robots_txt: bool = True
     allow_private_addresses: bool = False
 
     # --- verification / card ---

@@ -89,6 +89,9 @@ _HTML_PAGE = """<!doctype html>
 """
 
 
+MAX_ENDLESS_CHUNKS = 1024  # 64 MiB: more than any body cap, less than forever
+
+
 def content_type_for(name: str) -> str:
     return CONTENT_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
 
@@ -157,6 +160,8 @@ class ServerStats:
     paths: list[str] = field(default_factory=list)
     """Most recent request paths (with query), oldest first; bounded by max_recorded_paths."""
     user_agents: dict[str, int] = field(default_factory=dict)
+    first_seen: dict[str, list[float]] = field(default_factory=dict)
+    """Monotonic times of the requests to each /hostile/ path (to check backoff windows)."""
 
     def host(self, host: str = "127.0.0.1") -> HostStats:
         """Counters for ``host``; zeros if it never saw a connection."""
@@ -172,6 +177,7 @@ class ServerStats:
             hosts={h: HostStats(**v) for h, v in data["hosts"].items()},
             paths=list(data["paths"]),
             user_agents=dict(data["user_agents"]),
+            first_seen={k: list(v) for k, v in data.get("first_seen", {}).items()},
         )
 
 
@@ -199,6 +205,7 @@ class _Recorder:
             self._total = 0
             self._paths: collections.deque[str] = collections.deque(maxlen=self._max_paths)
             self._agents: collections.Counter[str] = collections.Counter()
+            self._times: dict[str, list[float]] = {}
 
     def _host(self, host: str) -> HostStats:
         s = self._hosts.get(host)
@@ -227,6 +234,8 @@ class _Recorder:
             self._total += 1
             self._paths.append(path)
             self._agents[user_agent] += 1
+            if path.startswith("/hostile/") and len(self._times) < self._max_paths:
+                self._times.setdefault(path, []).append(time.monotonic())
 
     def request_finished(self, host: str) -> None:
         with self._lock:
@@ -240,6 +249,7 @@ class _Recorder:
                 hosts={h: dataclasses.replace(s) for h, s in self._hosts.items()},
                 paths=list(self._paths),
                 user_agents=dict(self._agents),
+                first_seen={k: list(v) for k, v in self._times.items()},
             )
 
 
@@ -300,6 +310,7 @@ class ImageServer(_UrlMixin):
         self._images: dict[str, bytes] = dict(images or {})
         self._header_rules: list[tuple[str, dict[str, str]]] = []
         self._robots_txt = self.config.robots_txt
+        self._robots_status = 200
         self._rules_lock = threading.Lock()
         self._recorder = _Recorder(self.config.max_recorded_paths)
         self._rng = random.Random(self.config.seed)
@@ -380,9 +391,11 @@ class ImageServer(_UrlMixin):
         with self._rules_lock:
             self._header_rules.append((name_pattern, {str(k): str(v) for k, v in headers.items()}))
 
-    def set_robots_txt(self, text: str) -> None:
+    def set_robots_txt(self, text: str, status: int = 200) -> None:
+        """Serve ``text`` as /robots.txt with ``status`` (e.g. 404: none; 503: unavailable)."""
         with self._rules_lock:
             self._robots_txt = text
+            self._robots_status = status
 
     @property
     def stats(self) -> ServerStats:
@@ -514,6 +527,7 @@ class ImageServer(_UrlMixin):
         app.router.add_get("/redirect-loop", self._redirect_loop)
         app.router.add_get("/robots-tag/{directive}/{name}", self._robots_tag)
         app.router.add_get("/truncated/{name}", self._truncated)
+        app.router.add_get("/hostile/{kind}/{name}", self._hostile)
         app.router.add_get(STATS_PATH, self._stats)
 
     def _lookup(self, name: str) -> bytes | None:
@@ -567,8 +581,8 @@ class ImageServer(_UrlMixin):
 
     async def _robots(self, request: web.Request) -> web.Response:
         with self._rules_lock:
-            text = self._robots_txt
-        return web.Response(text=text, content_type="text/plain")
+            text, status = self._robots_txt, self._robots_status
+        return web.Response(status=status, text=text, content_type="text/plain")
 
     async def _html(self, request: web.Request) -> web.Response:
         return web.Response(text=_HTML_PAGE, content_type="text/html")
@@ -611,6 +625,44 @@ class ImageServer(_UrlMixin):
             return self._image_response(name)
         # Relative Location keeps the client on the same loopback host.
         return web.Response(status=302, headers={"Location": f"/redirect/{n - 1}/{quote(name, safe='')}"})
+
+    async def _hostile(self, request: web.Request) -> web.StreamResponse:
+        """Misbehaviours of real web servers, one per ``kind`` (the hostile-input tests use them)."""
+        kind, name = request.match_info["kind"], request.match_info["name"]
+        if kind.startswith("retry-after-"):  # 429 with Retry-After the first time, then the image
+            seen = self._recorder.snapshot().first_seen.get(request.path_qs, [])
+            if len(seen) <= 1:
+                return web.Response(status=429, headers={"Retry-After": kind.removeprefix("retry-after-")})
+            return self._image_response(name)
+        if kind == "throttle-forever":
+            return web.Response(status=503)
+        if kind == "empty":
+            return web.Response(body=b"", content_type=content_type_for(name))
+        if kind == "wrong-type":
+            return web.Response(body=self._image_or_404(name), content_type="text/plain")
+        if kind in ("to-file", "to-ftp", "to-data"):
+            target = {
+                "to-file": "file:///etc/passwd",
+                "to-ftp": "ftp://127.0.0.1/image.jpg",
+                "to-data": "data:image/png;base64,iVBORw0KGgo=",
+            }[kind]
+            return web.Response(status=302, headers={"Location": target})
+        if kind == "to-metadata":
+            return web.Response(status=302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
+        if kind in ("endless", "lying-length"):
+            # A body with no end (or far past what Content-Length claims), bounded here anyway.
+            resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+            if kind == "lying-length":
+                resp.headers["Content-Length"] = "1000"
+            await resp.prepare(request)
+            chunk = b"\xff" * 65536
+            for _ in range(MAX_ENDLESS_CHUNKS):
+                try:
+                    await resp.write(chunk)
+                except (ConnectionResetError, RuntimeError):
+                    break
+            return resp
+        raise web.HTTPBadRequest(text=f"unknown hostile kind {kind!r}")
 
     async def _redirect_loop(self, request: web.Request) -> web.Response:
         return web.Response(status=302, headers={"Location": "/redirect-loop"})

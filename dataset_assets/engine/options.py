@@ -111,7 +111,10 @@ class DownloadOptions:
     disallowed_header_directives: tuple[str, ...] = DEFAULT_DISALLOWED_HEADER_DIRECTIVES
     max_redirects: int = 10
     max_body_bytes: int = 32 * 1024 * 1024
-    max_connections_per_host: int = 8
+    max_connections_per_host: int = 8  # per worker process
+    requests_per_second_per_host: float | None = None  # per worker process; None = no rate limit
+    host_failure_limit: int = 5  # connection failures in a row before a host is skipped; 0 = never
+    respect_robots_txt: bool = True
     allow_private_addresses: bool = False
 
     # --- shard bookkeeping ---
@@ -166,9 +169,11 @@ class DownloadOptions:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise OptionError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("retries", "min_image_size", "max_redirects", "oom_shard_count"):
+        for name in ("retries", "min_image_size", "max_redirects", "oom_shard_count", "host_failure_limit"):
             if getattr(self, name) < 0:
                 raise OptionError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.requests_per_second_per_host is not None and not self.requests_per_second_per_host > 0:
+            raise OptionError("requests_per_second_per_host must be > 0 (or unset for no limit)")
         if self.encode_format == "png" and not 0 <= self.encode_quality <= 9:
             raise OptionError("encode_quality is the PNG compression level for png and must be in 0..9")
         if self.encode_format != "png" and not 1 <= self.encode_quality <= 101:

@@ -41,6 +41,7 @@ class SampleResult:
     hash: str | None = None
     bytes_downloaded: int = 0
     worker_pid: int = 0
+    worker_peak_rss_kb: int = 0  # the worker's peak memory so far (ru_maxrss)
 
 
 def compute_key(index: int, shard_id: int, number_sample_per_shard: int, oom_shard_count: int) -> str:

@@ -33,12 +33,14 @@ class ShardStats:
     checksums: dict[str, str] = field(default_factory=dict)
     # Rows handled per worker process: shows how evenly one shard was spread over the cores.
     rows_per_worker: dict[str, int] = field(default_factory=dict)
+    peak_worker_rss_mb: float = 0.0  # largest peak RSS of any worker process during the shard
 
     def record(self, result: SampleResult) -> None:
         self.count += 1
         self.bytes_downloaded += result.bytes_downloaded
         worker = str(result.worker_pid)
         self.rows_per_worker[worker] = self.rows_per_worker.get(worker, 0) + 1
+        self.peak_worker_rss_mb = max(self.peak_worker_rss_mb, result.worker_peak_rss_kb / 1024)
         if result.status == SUCCESS:
             self.successes += 1
             key = SUCCESS

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import queue
+import resource
 import time
 from typing import Any
 
@@ -113,6 +114,7 @@ async def _serve(options: DownloadOptions, tasks: Any, results: Any, parent_pid:
                         error_message=f"internal error: {type(error).__name__}: {error}",
                     )
                 result.worker_pid = pid
+                result.worker_peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                 outbox.append(result)
                 if len(outbox) >= RESULT_BATCH:
                     _flush(outbox, results)
