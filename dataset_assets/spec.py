@@ -71,6 +71,10 @@ class DatasetSpec(pydantic.BaseModel):
     extract_exif: bool = True
     compute_hash: str | None = "sha256"
     overwrite: bool = Field(default=False, description="Re-download shards that are already complete.")
+    retry_failed: bool = Field(
+        default=False,
+        description="Re-fetch only the failed rows of complete shards, keeping their successes.",
+    )
 
     # --- images ---
     image_size: int = 256
@@ -126,7 +130,11 @@ class DatasetSpec(pydantic.BaseModel):
         for name in ("max_image_area", "max_aspect_ratio"):
             if values.get(name) is None:
                 values[name] = math.inf
-        values["incremental_mode"] = "overwrite" if self.overwrite else "incremental"
+        if self.overwrite and self.retry_failed:
+            raise OptionError("overwrite and retry_failed exclude each other")
+        values["incremental_mode"] = (
+            "overwrite" if self.overwrite else "retry_failed" if self.retry_failed else "incremental"
+        )
         # The Dagster path always reads the planner's parquet shard inputs (url, caption, ...).
         values["input_format"] = "parquet"
         values["url_col"] = "url"

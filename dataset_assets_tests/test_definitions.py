@@ -246,3 +246,11 @@ def test_run_config_overrides_one_key_and_is_validated(server: ImageServer, tmp_
         assert not result.success
         failure = next(e for e in result.all_events if e.is_step_failure)
         assert "resize_mode='wide'" in str(failure.step_failure_data.error)
+
+
+def test_every_engine_option_is_a_spec_key() -> None:
+    from dataset_assets.engine import DownloadOptions
+    from dataset_assets.spec import DatasetSpec
+
+    # incremental_mode is spelled overwrite / retry_failed in the spec
+    assert set(DownloadOptions.field_names()) - set(DatasetSpec.model_fields) == {"incremental_mode"}

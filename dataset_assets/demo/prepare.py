@@ -115,9 +115,22 @@ def write_spec(paths: DemoPaths) -> None:
     paths.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
+# The demo instance: local SQLite storage, no telemetry, and run monitoring so that a run whose
+# process was killed is marked failed (and so picked up by "materialize missing").
+DEMO_INSTANCE_YAML = """\
+telemetry:
+  enabled: false
+run_monitoring:
+  enabled: true
+"""
+
+
 def prepare_demo(paths: DemoPaths, server: ImageServer, count: int) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.dagster_home.mkdir(exist_ok=True)
+    instance_yaml = paths.dagster_home / "dagster.yaml"
+    if not instance_yaml.exists():
+        instance_yaml.write_text(DEMO_INSTANCE_YAML)
     names = generate_images(paths.images, count)
     write_url_list(paths.urls, server, names)
     write_spec(paths)

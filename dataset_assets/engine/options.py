@@ -118,7 +118,9 @@ class DownloadOptions:
     allow_private_addresses: bool = False
 
     # --- shard bookkeeping ---
-    incremental_mode: str = "incremental"  # incremental | overwrite
+    # incremental: skip complete shards; overwrite: redo them; retry_failed: redo only the
+    # failed rows of complete shards (keeping their successes) and download missing shards.
+    incremental_mode: str = "incremental"
 
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -152,7 +154,7 @@ class DownloadOptions:
         choice("encode_format", ENCODE_FORMATS)
         choice("upscale_interpolation", INTERPOLATIONS)
         choice("downscale_interpolation", INTERPOLATIONS)
-        choice("incremental_mode", ("incremental", "overwrite"))
+        choice("incremental_mode", ("incremental", "overwrite", "retry_failed"))
         if self.compute_hash is not None:
             choice("compute_hash", HASH_TYPES)
         if self.verify_hash is not None:

@@ -47,12 +47,13 @@ class SampleResult:
 def compute_key(index: int, shard_id: int, number_sample_per_shard: int, oom_shard_count: int) -> str:
     """img2dataset's positional key: shard id and row index, zero-padded, stable across re-runs."""
     # ceil(log10(nsps)) digits for the row: 4 for nsps=10000 (SSSSSIIII), 1 for nsps=3.
-    oom_sample = _ceil_log10(number_sample_per_shard)
+    oom_sample = key_digits(number_sample_per_shard)
     value = 10**oom_sample * shard_id + index
     return str(value).zfill(oom_sample + oom_shard_count)
 
 
-def _ceil_log10(n: int) -> int:
+def key_digits(n: int) -> int:
+    """ceil(log10(n)) in integers: the digits a row index takes in a key."""
     digits = 0
     power = 1
     while power < n:

@@ -17,14 +17,15 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from dataset_assets.engine.options import DownloadOptions
-from dataset_assets.engine.records import FetchTask, shard_name
+from dataset_assets.engine.records import FetchTask, SampleResult, shard_name
+from dataset_assets.engine.resume import previous_successes
 from dataset_assets.engine.stats import ShardStats
 from dataset_assets.engine.storage import OutputFolder
 from dataset_assets.engine.worker import drain, worker_main
@@ -124,7 +125,8 @@ class DownloadPool:
         """Download shards, yielding each one's stats as it is committed (completion order).
 
         Shards already complete in the output folder are yielded at once, marked skipped,
-        unless ``incremental_mode`` is ``overwrite``.
+        unless ``incremental_mode`` is ``overwrite`` (redo them) or ``retry_failed`` (redo only
+        their failed rows).
         """
         writers: dict[int, ShardWriter] = {}
         lock = threading.Lock()
@@ -138,15 +140,21 @@ class DownloadPool:
                 for shard in shards:
                     if stop.is_set():
                         return
-                    if self.options.incremental_mode == "incremental" and is_shard_complete(
-                        self.output, shard.shard_id, self.options
-                    ):
-                        finished.put(read_shard_stats(self.output, shard.shard_id, self.options))
-                        continue
+                    mode = self.options.incremental_mode
+                    kept: dict[int, SampleResult] = {}
+                    if mode != "overwrite" and is_shard_complete(self.output, shard.shard_id, self.options):
+                        if mode == "retry_failed":
+                            kept = previous_successes(self.output, shard.shard_id, self.options)
+                        if mode == "incremental" or len(kept) == shard.table.num_rows:
+                            finished.put(read_shard_stats(self.output, shard.shard_id, self.options))
+                            continue
                     writer = ShardWriter(self.output, self.options, shard.shard_id, shard.table)
+                    for result in kept.values():
+                        writer.add(result)
+                    writer.stats.kept_from_previous_run = len(kept)
                     with lock:
                         writers[shard.shard_id] = writer
-                    for chunk in _task_chunks(shard, self.options):
+                    for chunk in _task_chunks(shard, self.options, skip=kept.keys()):
                         while not stop.is_set():
                             try:
                                 self._tasks.put(chunk, timeout=RESULT_POLL_S)
@@ -203,13 +211,15 @@ class DownloadPool:
             raise WorkerCrashed(f"worker process died ({codes}); unfinished shards were not committed")
 
 
-def _task_chunks(shard: InputShard, options: DownloadOptions) -> Iterator[list[FetchTask]]:
+def _task_chunks(
+    shard: InputShard, options: DownloadOptions, skip: Collection[int] = ()
+) -> Iterator[list[FetchTask]]:
     table = shard.table
     urls = table.column("url").to_pylist()
     bboxes = table.column(options.bbox_col).to_pylist() if options.bbox_col else None
     hashes = table.column(options.verify_hash[0]).to_pylist() if options.verify_hash else None
-    for start in range(0, len(urls), TASK_CHUNK):
-        stop = min(start + TASK_CHUNK, len(urls))
+    todo = [i for i in range(len(urls)) if i not in skip]
+    for start in range(0, len(todo), TASK_CHUNK):
         yield [
             FetchTask(
                 shard.shard_id,
@@ -218,7 +228,7 @@ def _task_chunks(shard: InputShard, options: DownloadOptions) -> Iterator[list[F
                 bboxes[i] if bboxes is not None else None,
                 hashes[i] if hashes is not None else None,
             )
-            for i in range(start, stop)
+            for i in todo[start : start + TASK_CHUNK]
         ]
 
 

@@ -33,13 +33,15 @@ class ShardStats:
     checksums: dict[str, str] = field(default_factory=dict)
     # Rows handled per worker process: shows how evenly one shard was spread over the cores.
     rows_per_worker: dict[str, int] = field(default_factory=dict)
+    kept_from_previous_run: int = 0  # retry_failed: successes carried over, not downloaded again
     peak_worker_rss_mb: float = 0.0  # largest peak RSS of any worker process during the shard
 
     def record(self, result: SampleResult) -> None:
         self.count += 1
         self.bytes_downloaded += result.bytes_downloaded
-        worker = str(result.worker_pid)
-        self.rows_per_worker[worker] = self.rows_per_worker.get(worker, 0) + 1
+        if result.worker_pid:  # rows kept from a previous run were handled by no worker
+            worker = str(result.worker_pid)
+            self.rows_per_worker[worker] = self.rows_per_worker.get(worker, 0) + 1
         self.peak_worker_rss_mb = max(self.peak_worker_rss_mb, result.worker_peak_rss_kb / 1024)
         if result.status == SUCCESS:
             self.successes += 1

@@ -211,6 +211,10 @@ class ShardWriter:
             self._parquet.close()
             self._parquet_handle.close()
         fs = self._output.fs
+        # A shard being replaced stops looking complete before any of its files change.
+        old_marker = self._output.path(stats_name(self.shard))
+        if fs.exists(old_marker):
+            fs.rm(old_marker)
         for tmp, final in self._tmp:
             if fs.isdir(tmp):
                 self.stats.bytes_written += int(fs.du(tmp))

@@ -197,3 +197,35 @@ def _alive(pid: int) -> bool:
             return handle.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_retry_failed_refetches_only_failures_and_keeps_successes(tmp_path) -> None:
+    from dataset_assets.demo.images import make_image
+
+    images = {f"{i}.jpg": make_image(i, 90, 60) for i in range(6)}
+    with ImageServer(images=dict(list(images.items())[:4]), config=ServerConfig(max_lifetime_s=60)) as server:
+        table = rows([server.url(f"{i}.jpg") for i in range(6)], [f"c{i}" for i in range(6)])
+        options = local_options(caption_col="caption")
+        first = download_shard(table, str(tmp_path), options, shard_id=0)
+        assert (first.successes, first.failed_to_download) == (4, 2)
+        with tarfile.open(tmp_path / "00000.tar") as tar:
+            before = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+        for name in ("4.jpg", "5.jpg"):  # the outage is over
+            server.add_image(name, images[name])
+        server.reset_stats()
+        again = download_shard(
+            table, str(tmp_path), options.replace(incremental_mode="retry_failed"), shard_id=0
+        )
+        fetched = [p for p in server.stats.paths if p.startswith("/img/")]
+
+    assert sorted(fetched) == ["/img/4.jpg", "/img/5.jpg"]
+    assert again.successes == 6 and again.kept_from_previous_run == 4 and again.count == 6
+    with tarfile.open(tmp_path / "00000.tar") as tar:
+        after = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    assert {k: v for k, v in after.items() if k in before} == before  # kept samples unchanged
+    assert len(after) == 18
+    records = pq.read_table(tmp_path / "00000.parquet").to_pylist()
+    assert sorted(r["key"] for r in records) == [f"00000{i:04d}" for i in range(6)]
+    assert {r["status"] for r in records} == {"success"}
+    assert json.loads((tmp_path / "00000_stats.json").read_text())["successes"] == 6
