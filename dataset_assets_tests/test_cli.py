@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from dataset_assets.demo.server import ImageServer, ServerConfig
+from dataset_assets_tests.conftest import process_alive
 
 CLI = [sys.executable, "-m", "dataset_assets.cli", "download"]
 
@@ -129,9 +130,9 @@ def test_kill_9_leaves_no_complete_shard_and_rerun_completes(test_images, tmp_pa
         assert server.stats.total_requests >= 2, "the download never started"
         assert workers, "the CLI had no worker process"
         deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        while any(process_alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(pid) for pid in workers), "worker outlived its killed parent"
+        assert not any(process_alive(pid) for pid in workers), "worker outlived its killed parent"
         visible = sorted(p.name for p in out.iterdir() if p.name != "_tmp")
         assert visible == [], f"a killed run left complete-looking files: {visible}"
 
@@ -155,11 +156,3 @@ def _children(pid: int) -> list[int]:
             return children
         time.sleep(0.05)
     return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"

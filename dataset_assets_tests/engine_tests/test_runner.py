@@ -16,7 +16,7 @@ import webdataset as wds
 from dataset_assets.demo.server import ImageServer, ServerConfig
 from dataset_assets.engine.records import compute_key
 from dataset_assets.engine.runner import DownloadPool, InputShard, download_shard
-from dataset_assets_tests.conftest import local_options, rows
+from dataset_assets_tests.conftest import local_options, process_alive, rows
 
 
 def _parquet(path: str) -> list[dict]:
@@ -185,18 +185,10 @@ def test_interrupt_terminates_workers_and_commits_nothing(tmp_path) -> None:
             list(pool.run([InputShard(0, table)], on_progress=interrupt))
     assert len(pids) == 2
     for pid in pids:
-        assert not _alive(pid)
+        assert not process_alive(pid)
     assert not (tmp_path / "00000.tar").exists()
     assert not (tmp_path / "00000_stats.json").exists()
     assert os.listdir(tmp_path / "_tmp") == []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_retry_failed_refetches_only_failures_and_keeps_successes(tmp_path) -> None:
