@@ -48,3 +48,12 @@ def local_options(**overrides: object) -> DownloadOptions:
     }
     values.update(overrides)
     return DownloadOptions(**values)
+
+
+def process_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie awaiting its parent's wait() counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
