@@ -1,28 +1,31 @@
 """The code location: every asset, check, job and schedule, bound to the dataset spec.
 
 The spec comes from the YAML file named by ``DATASET_SPEC`` (default: the bundled demo spec);
-any key can be overridden per run under ``resources.dataset.config``.
+any key can be overridden per run under ``resources.dataset.config``. ``s3://`` locations in
+the spec are reached with the ``s3`` resource, read from the standard AWS environment variables
+(``AWS_ENDPOINT_URL`` for MinIO/R2, ``AWS_REGION``, credentials) or boto's credential chain.
 """
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from dataset_assets.assets.card import dataset_card
 from dataset_assets.assets.quality import dataset_verification, verification_checks
 from dataset_assets.assets.shards import image_shards
 from dataset_assets.assets.urls import filtered_urls, url_shards
-from dataset_assets.resources import dataset_resource
+from dataset_assets.resources import dataset_resource, s3_resource_from_env
 from dataset_assets.schedules import download_shards_job, resume_missing_shards
 from dataset_assets.spec import DatasetSpec, load_spec
 
 
-def build_defs(spec: DatasetSpec) -> dg.Definitions:
+def build_defs(spec: DatasetSpec, s3: S3Resource | None = None) -> dg.Definitions:
     """The definitions for one dataset spec (tests and tools build their own)."""
     return dg.Definitions(
         assets=[filtered_urls, url_shards, image_shards, dataset_verification, dataset_card],
         asset_checks=verification_checks,
         jobs=[download_shards_job],
         schedules=[resume_missing_shards],
-        resources={"dataset": dataset_resource(spec)},
+        resources={"dataset": dataset_resource(spec), "s3": s3 or s3_resource_from_env()},
         # Each shard's engine brings its own worker processes; a subprocess per step would
         # only add seconds of start-up per run.
         executor=dg.in_process_executor,

@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field
 
 from dataset_assets.engine import DownloadOptions, OptionError
+from dataset_assets.engine.storage import filesystem, is_remote_url
 from dataset_assets.planning import FilterSettings
 
 DEFAULT_SPEC = Path(__file__).parent / "demo" / "demo_spec.yaml"
@@ -34,9 +35,12 @@ class DatasetSpec(pydantic.BaseModel):
 
     # --- where ---
     url_list: str = Field(description="URL list file or folder (any input_format).")
-    output_folder: str = Field(description="Dataset output folder (local path or fsspec URL).")
+    output_folder: str = Field(
+        description="Dataset output folder: a local path or an fsspec URL such as s3://bucket/prefix."
+    )
     plan_folder: str | None = Field(
-        default=None, description="Where filtered URLs and shard inputs go; default {output_folder}/_plan."
+        default=None,
+        description="Filtered URLs and shard inputs (local or s3://); default {output_folder}/_plan.",
     )
     input_format: str = "txt"
     url_col: str = "url"
@@ -172,14 +176,28 @@ class DatasetSpec(pydantic.BaseModel):
         return columns
 
 
-def spec_path() -> Path:
-    return Path(os.environ.get(SPEC_ENV) or DEFAULT_SPEC)
+def spec_path() -> str | Path:
+    value = os.environ.get(SPEC_ENV)
+    if value and is_remote_url(value):
+        return value
+    return Path(value or DEFAULT_SPEC)
+
+
+def _read_text(path: str | Path) -> str:
+    """A local file, or a remote one (``DATASET_SPEC=s3://bucket/specs/laion.yaml``, read with the
+    standard AWS environment / credential chain), so cluster run workers need no mounted file."""
+    if isinstance(path, str) and is_remote_url(path):
+        fs, inner = filesystem(path)
+        with fs.open(inner, "rb") as handle:
+            return handle.read().decode()
+    return Path(path).read_text()
 
 
 def load_spec(path: str | Path | None = None) -> DatasetSpec:
-    path = Path(path) if path is not None else spec_path()
+    if path is None:
+        path = spec_path()
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(_read_text(path)) or {}
     except OSError as error:
         raise SpecError(f"cannot read dataset spec {path}: {error}") from error
     except yaml.YAMLError as error:

@@ -10,6 +10,7 @@ import pytest
 from dataset_assets.demo.images import make_image
 from dataset_assets.demo.server import ImageServer, ServerConfig
 from dataset_assets.engine import DownloadOptions
+from dataset_assets_tests.scale_fixtures import postgres_db, s3_server  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="session")

@@ -3,21 +3,25 @@
 import base64
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from dataset_assets.assets.quality import REPORT_NAME, dataset_verification
 from dataset_assets.assets.urls import FILTER_REPORT_NAME
 from dataset_assets.engine.storage import OutputFolder
 from dataset_assets.partitions import shards_partitions
 from dataset_assets.reporting.card import CardInputs, build_card, card_spec, write_card
-from dataset_assets.resources import DatasetResource
+from dataset_assets.resources import DatasetResource, spec_storage_options
 
 
 @dg.asset(group_name="publish", deps=[dataset_verification], kinds={"markdown"})
-def dataset_card(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
+def dataset_card(
+    context: dg.AssetExecutionContext, dataset: DatasetResource, s3: S3Resource
+) -> dg.MaterializeResult:
     """DATASET_CARD.md: sources, spec, filters, totals, failures, etiquette, sample grid."""
     spec = dataset.spec()
-    output = OutputFolder(spec.output_folder)
-    plan = OutputFolder(spec.plan_root)
+    storage_options = spec_storage_options(spec, s3)
+    output = OutputFolder(spec.output_folder, storage_options)
+    plan = OutputFolder(spec.plan_root, storage_options)
     inputs = CardInputs(
         title=spec.card_title,
         spec=card_spec(spec.model_dump()),
@@ -26,8 +30,8 @@ def dataset_card(context: dg.AssetExecutionContext, dataset: DatasetResource) ->
         filter_report=plan.read_json(FILTER_REPORT_NAME) if plan.exists(FILTER_REPORT_NAME) else None,
         verification=output.read_json(REPORT_NAME) if output.exists(REPORT_NAME) else None,
     )
-    card = build_card(spec.output_folder, inputs)
-    paths = write_card(spec.output_folder, card)
+    card = build_card(output, inputs)
+    paths = write_card(output, card)
     shown = card.markdown
     if card.grid_jpeg is not None:
         inline = base64.b64encode(card.grid_jpeg).decode()

@@ -6,20 +6,24 @@ the dataset card is not written.
 """
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from dataset_assets.assets.shards import image_shards
 from dataset_assets.engine.storage import OutputFolder
 from dataset_assets.partitions import shards_partitions
 from dataset_assets.reporting.verify import VerificationReport, verify_dataset
-from dataset_assets.resources import DatasetResource
+from dataset_assets.resources import DatasetResource, spec_storage_options
 
 REPORT_NAME = "verification.json"
 
 
 @dg.asset(group_name="verify", deps=[image_shards], kinds={"python"})
-def dataset_verification(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
+def dataset_verification(
+    context: dg.AssetExecutionContext, dataset: DatasetResource, s3: S3Resource
+) -> dg.MaterializeResult:
     """Re-read every registered shard: completeness, row counts, decodability, keys, checksums."""
     spec = dataset.spec()
+    storage_options = spec_storage_options(spec, s3)
     keys = sorted(context.instance.get_dynamic_partitions(shards_partitions.name))
     report = verify_dataset(
         spec.output_folder,
@@ -27,8 +31,9 @@ def dataset_verification(context: dg.AssetExecutionContext, dataset: DatasetReso
         spec.download_options(),
         shard_inputs_folder=spec.shard_inputs_folder,
         success_rate_floor=spec.success_rate_floor,
+        storage_options=storage_options,
     )
-    OutputFolder(spec.output_folder).write_json_atomic(REPORT_NAME, report.to_json())
+    OutputFolder(spec.output_folder, storage_options).write_json_atomic(REPORT_NAME, report.to_json())
     return dg.MaterializeResult(
         metadata={
             "shards_expected": report.shards_expected,
@@ -44,16 +49,18 @@ def dataset_verification(context: dg.AssetExecutionContext, dataset: DatasetReso
     )
 
 
-def load_report(dataset: DatasetResource) -> VerificationReport:
-    return VerificationReport.from_json(OutputFolder(dataset.spec().output_folder).read_json(REPORT_NAME))
+def load_report(dataset: DatasetResource, s3: S3Resource) -> VerificationReport:
+    spec = dataset.spec()
+    output = OutputFolder(spec.output_folder, spec_storage_options(spec, s3))
+    return VerificationReport.from_json(output.read_json(REPORT_NAME))
 
 
 def _check(name: str, description: str, blocking: bool) -> dg.AssetChecksDefinition:
     severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
 
     @dg.asset_check(asset=dataset_verification, name=name, description=description, blocking=blocking)
-    def _evaluate(dataset: DatasetResource) -> dg.AssetCheckResult:
-        outcome = load_report(dataset).checks[name]
+    def _evaluate(dataset: DatasetResource, s3: S3Resource) -> dg.AssetCheckResult:
+        outcome = load_report(dataset, s3).checks[name]
         return dg.AssetCheckResult(
             passed=outcome.passed,
             severity=severity,

@@ -3,15 +3,15 @@
 import posixpath
 
 import dagster as dg
-import pyarrow.parquet as pq
+from dagster_aws.s3 import S3Resource
 
 from dataset_assets.assets.urls import url_shards
 from dataset_assets.engine.records import shard_name
 from dataset_assets.engine.runner import download_shard, is_shard_complete, read_shard_stats
 from dataset_assets.engine.stats import ShardStats
-from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.engine.storage import OutputFolder, read_parquet
 from dataset_assets.partitions import shards_partitions
-from dataset_assets.resources import DatasetResource
+from dataset_assets.resources import DatasetResource, spec_storage_options
 
 
 @dg.asset(
@@ -21,7 +21,9 @@ from dataset_assets.resources import DatasetResource
     kinds={"python", "parquet"},
     automation_condition=dg.AutomationCondition.on_missing(),
 )
-def image_shards(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
+def image_shards(
+    context: dg.AssetExecutionContext, dataset: DatasetResource, s3: S3Resource
+) -> dg.MaterializeResult:
     """Fetch, resize and write one shard (tar + parquet + stats) with the engine's worker pool.
 
     A shard already complete on disk is reported, not downloaded again (unless ``overwrite``),
@@ -30,17 +32,18 @@ def image_shards(context: dg.AssetExecutionContext, dataset: DatasetResource) ->
     spec = dataset.spec()
     shard_id = int(context.partition_key)
     options = spec.download_options()
-    output = OutputFolder(spec.output_folder)
+    storage_options = spec_storage_options(spec, s3)
+    output = OutputFolder(spec.output_folder, storage_options)
     if options.incremental_mode == "incremental" and is_shard_complete(output, shard_id, options):
         stats = read_shard_stats(output, shard_id, options)
         context.log.info(f"shard {context.partition_key} already complete; not downloading it again")
     else:
         name = shard_name(shard_id, spec.oom_shard_count)
-        rows = pq.read_table(posixpath.join(spec.shard_inputs_folder, f"{name}.parquet"))
+        rows = read_parquet(posixpath.join(spec.shard_inputs_folder, f"{name}.parquet"), storage_options)
         context.log.info(
             f"downloading shard {name}: {rows.num_rows} rows, {options.processes_count} processes"
         )
-        stats = download_shard(rows, spec.output_folder, options, shard_id=shard_id)
+        stats = download_shard(rows, output, options, shard_id=shard_id)  # type: ignore[arg-type]
     return dg.MaterializeResult(metadata=shard_metadata(stats))
 
 

@@ -3,23 +3,35 @@
 import dataclasses
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from dataset_assets.engine.storage import OutputFolder
 from dataset_assets.partitions import REGISTER_CHUNK, shards_partitions
 from dataset_assets.planning import filter_urls, write_shard_inputs
-from dataset_assets.resources import DatasetResource
+from dataset_assets.resources import DatasetResource, spec_storage_options
 
 # Kept beside the plan so the dataset card can cite the filter counts.
 FILTER_REPORT_NAME = "filter_report.json"
 
 
 @dg.asset(group_name="ingest", kinds={"duckdb", "parquet"})
-def filtered_urls(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
+def filtered_urls(
+    context: dg.AssetExecutionContext, dataset: DatasetResource, s3: S3Resource
+) -> dg.MaterializeResult:
     """The input URL list, normalised, de-duplicated and filtered by the spec's rules (DuckDB)."""
     spec = dataset.spec()
-    report = filter_urls(spec.url_list, spec.input_format, spec.filtered_urls_path, spec.filter_settings())
+    storage_options = spec_storage_options(spec, s3)
+    report = filter_urls(
+        spec.url_list,
+        spec.input_format,
+        spec.filtered_urls_path,
+        spec.filter_settings(),
+        storage_options=storage_options,
+    )
     context.log.info(f"{report.rows_in} rows in, {report.rows_out} kept; removed: {report.removed}")
-    OutputFolder(spec.plan_root).write_json_atomic(FILTER_REPORT_NAME, dataclasses.asdict(report))
+    OutputFolder(spec.plan_root, storage_options).write_json_atomic(
+        FILTER_REPORT_NAME, dataclasses.asdict(report)
+    )
     return dg.MaterializeResult(
         metadata={
             "rows_in": report.rows_in,
@@ -38,7 +50,9 @@ def filtered_urls(context: dg.AssetExecutionContext, dataset: DatasetResource) -
 
 
 @dg.asset(group_name="ingest", deps=[filtered_urls], kinds={"duckdb", "parquet"})
-def url_shards(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
+def url_shards(
+    context: dg.AssetExecutionContext, dataset: DatasetResource, s3: S3Resource
+) -> dg.MaterializeResult:
     """One parquet of ``number_sample_per_shard`` rows per shard, each registered as a partition.
 
     Idempotent: unchanged shard inputs are not rewritten and known keys are not re-added, so
@@ -50,6 +64,7 @@ def url_shards(context: dg.AssetExecutionContext, dataset: DatasetResource) -> d
         spec.shard_inputs_folder,
         spec.number_sample_per_shard,
         spec.oom_shard_count,
+        storage_options=spec_storage_options(spec, s3),
     )
     existing = set(context.instance.get_dynamic_partitions(shards_partitions.name))
     new = [key for key in keys if key not in existing]

@@ -19,6 +19,7 @@ import fsspec
 import pyarrow as pa
 
 from dataset_assets.engine.options import INPUT_FORMATS, DownloadOptions
+from dataset_assets.engine.storage import StorageOptions, filesystem
 
 # A multi-byte control sequence as the "delimiter" of txt input, so that every line is one field
 # whatever it contains (commas, tabs, quotes, even a stray 0x1f). DuckDB accepts up to 4 bytes.
@@ -58,11 +59,13 @@ def _check_format(input_format: str) -> None:
         raise InputError(f"input_format={input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
 
 
-def list_input_files(url_list: str | Sequence[str], input_format: str) -> list[str]:
+def list_input_files(
+    url_list: str | Sequence[str], input_format: str, storage_options: StorageOptions | None = None
+) -> list[str]:
     """The input files in img2dataset's order: a folder gives its sorted ``*.{input_format}``.
 
-    Goes through fsspec so that remote URLs (s3://, gs://...) resolve the same way once the
-    DuckDB side can read them (see :func:`connect`).
+    Goes through fsspec, so remote URLs (``s3://bucket/prefix/``) resolve the same way; remote
+    files come back as full URLs, which :func:`connect` makes readable by DuckDB.
     """
     _check_format(input_format)
     entries = [url_list] if isinstance(url_list, (str, os.PathLike)) else list(url_list)
@@ -71,7 +74,7 @@ def list_input_files(url_list: str | Sequence[str], input_format: str) -> list[s
     files: list[str] = []
     for entry in entries:
         entry = os.fspath(entry)
-        fs, path = fsspec.core.url_to_fs(entry)
+        fs, path = filesystem(entry, storage_options)
         local = _is_local(fs)
         if fs.isdir(path):
             pattern = path.rstrip("/") + "/*." + input_format
@@ -123,12 +126,18 @@ def source_sql(path: str, input_format: str) -> str:
 
 
 def connect(
-    files: Sequence[str] = (), *, threads: int = 2, memory_limit: str | None = None
+    files: Sequence[str] = (),
+    *,
+    threads: int = 2,
+    memory_limit: str | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection set up to read ``files`` in order.
 
     Insertion order is kept explicitly: shard contents and keys are positional. Remote files are
-    read through their fsspec filesystem registered with DuckDB (no httpfs credentials needed).
+    read through their fsspec filesystem (built with ``storage_options``) registered with
+    DuckDB: DuckDB's own httpfs extension is not needed, so nothing is downloaded at run time
+    (it cannot be, offline) and credentials / endpoints (MinIO, R2) are configured in one place.
     """
     con = duckdb.connect()
     con.execute(f"SET threads = {int(threads)}")
@@ -137,7 +146,7 @@ def connect(
         con.execute(f"SET memory_limit = {sql_string(memory_limit)}")
     registered: set[str] = set()
     for f in files:
-        fs, _ = fsspec.core.url_to_fs(f)
+        fs, _ = filesystem(f, storage_options)
         if _is_local(fs):
             continue
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
@@ -166,9 +175,9 @@ def _resolve(name: str, found: list[str], what: str, path: str) -> str:
     raise InputError(f"{what} {name!r} not found in {path}; columns found: {', '.join(found) or '(none)'}")
 
 
-def is_empty_file(path: str) -> bool:
+def is_empty_file(path: str, storage_options: StorageOptions | None = None) -> bool:
     """A 0-byte file holds no rows; DuckDB would instead invent a column or call it corrupt."""
-    fs, p = fsspec.core.url_to_fs(path)
+    fs, p = filesystem(path, storage_options)
     try:
         return fs.size(p) == 0
     except OSError:
@@ -236,6 +245,7 @@ def iter_input_shards(
     *,
     start_shard_id: int = 0,
     skip: Callable[[int], bool] | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> Iterator[InputShard]:
     """Yield the input shards in order, holding at most about one shard plus one batch in memory.
 
@@ -243,14 +253,14 @@ def iter_input_shards(
     turned into Python objects) and, for parquet files whose shards are all skipped, not read at
     all. Null or empty URLs are kept so that the engine reports them as failed rows.
     """
-    files = list_input_files(url_list, options.input_format)
+    files = list_input_files(url_list, options.input_format, storage_options)
     nsps = options.number_sample_per_shard
-    con = connect(files)
+    con = connect(files, storage_options=storage_options)
     shard_id = start_shard_id
     total = 0
     try:
         for path in files:
-            if is_empty_file(path):
+            if is_empty_file(path, storage_options):
                 continue
             select = _select_sql(con, path, options)
             if skip is not None and options.input_format == "parquet":
@@ -292,14 +302,16 @@ def iter_input_shards(
         raise InputError(f"input {shown} contains no rows")
 
 
-def count_rows(url_list: str | Sequence[str], options: DownloadOptions) -> int:
+def count_rows(
+    url_list: str | Sequence[str], options: DownloadOptions, storage_options: StorageOptions | None = None
+) -> int:
     """Total input rows, for progress bars: parquet from footers, text formats by a DuckDB scan."""
-    files = list_input_files(url_list, options.input_format)
-    con = connect(files)
+    files = list_input_files(url_list, options.input_format, storage_options)
+    con = connect(files, storage_options=storage_options)
     total = 0
     try:
         for path in files:
-            if is_empty_file(path):
+            if is_empty_file(path, storage_options):
                 continue
             if options.input_format == "parquet":
                 total += _parquet_rows(con, path)

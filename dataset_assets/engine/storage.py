@@ -1,39 +1,186 @@
-"""The output folder, through fsspec, with atomic commits.
+"""The output folder, through fsspec, with atomic commits (local disk, S3 and other object stores).
 
 Every shard file is written under ``_tmp/`` and moved into place when complete; the stats
-json is moved last and is the completion marker (img2dataset's convention, so its tools and
+json is written last and is the completion marker (img2dataset's convention, so its tools and
 our resume logic agree). A killed process therefore leaves only ``_tmp`` debris, never a
 complete-looking ``NNNNN.tar``.
+
+On an object store (``s3://``, MinIO, R2, ``gs://``...) there is no rename, but each object
+appears atomically: a PUT or a completed multipart upload is visible whole or not at all. A
+shard file is written to ``_tmp/`` (an interrupted upload creates no object; an aborted writer
+only ever completes a ``_tmp`` object) and then server-side copied to its final name, so a
+final name always holds a complete file; the stats json is one PUT. What a killed process can
+leave is ``_tmp/`` objects and incomplete multipart uploads (invisible, but billed): expire both
+with a bucket lifecycle rule (deploy/README.md).
+
+Credentials and endpoints come from ``storage_options``, the plain keyword arguments of the
+fsspec filesystem (for s3fs: ``key``, ``secret``, ``token``, ``endpoint_url``,
+``client_kwargs={"region_name": ...}``), flat or per protocol (:func:`options_for`); without
+them s3fs uses the standard AWS environment variables and credential chain. They apply to remote
+URLs only, and an :class:`OutputFolder` pickles as (url, storage_options), so it can be handed to
+other processes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import uuid
+from collections.abc import Mapping
 from typing import IO, Any
 
 import fsspec
 
 TMP_DIR = "_tmp"
 
+StorageOptions = Mapping[str, Any]
+
+# Filesystems without real directories or renames: commits are copies, JSON is one PUT.
+OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"})
+_LOCAL_PROTOCOLS = frozenset({"file", "local"})
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+
+
+def url_protocol(url: str) -> str:
+    """``s3`` for ``s3://b/k``, ``file`` for a plain path."""
+    return fsspec.utils.get_protocol(os.fspath(url))
+
+
+def is_remote_url(url: str) -> bool:
+    return url_protocol(url) not in _LOCAL_PROTOCOLS
+
+
+def options_for(url: str, storage_options: StorageOptions | None) -> dict[str, Any]:
+    """The options that apply to ``url``.
+
+    ``storage_options`` is either flat (applies to every remote URL), or per protocol, e.g.
+    ``{"s3": {...}, "s3a": {...}}`` when a spec mixes an ``https://`` URL list with an S3
+    output (S3 keys would break the HTTP filesystem).
+    """
+    if not storage_options:
+        return {}
+    if set(storage_options) <= set(fsspec.available_protocols()):
+        return dict(storage_options.get(url_protocol(url)) or {})
+    return dict(storage_options)
+
+
+def filesystem(
+    url: str, storage_options: StorageOptions | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path inside it) for ``url``; ``storage_options`` apply to remote URLs only.
+
+    Remote filesystems get ``use_listings_cache=False`` unless told otherwise: other processes
+    (other shard runs, other machines) write to the same prefix, and a cached listing would
+    answer "does this shard's stats file exist" with a stale "no" (or "yes").
+    """
+    url = os.fspath(url)
+    if not is_remote_url(url):
+        return fsspec.core.url_to_fs(url)
+    options = {"use_listings_cache": False, **options_for(url, storage_options)}
+    return fsspec.core.url_to_fs(url, **options)
+
+
+def full_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A path inside ``fs`` as a URL (``s3://bucket/key``), or as a local absolute path."""
+    if set(_protocols(fs)) & _LOCAL_PROTOCOLS:
+        return os.path.abspath(path)
+    return fs.unstrip_protocol(path)
+
+
+def read_parquet(url: str, storage_options: StorageOptions | None = None, **kwargs: Any) -> Any:
+    """``pyarrow.parquet.read_table`` of a local or remote file (returns a ``pyarrow.Table``)."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(url, storage_options)
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle, **kwargs)
+
+
+class _DigestingFile:
+    """A write handle that hashes the bytes passing through it.
+
+    The shard writer records each file's sha256 before committing it; remembering the digest of
+    what was written spares reading the file back (a second download of every tar on S3).
+    Everything but ``write``/``close`` is the underlying handle's.
+    """
+
+    def __init__(self, raw: IO[bytes], path: str, digests: dict[str, tuple[str, int]]) -> None:
+        self._raw = raw
+        self._path = path
+        self._digests = digests
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    def write(self, data: Any) -> int:
+        written = self._raw.write(data)
+        view = memoryview(data).cast("B")
+        self._hash.update(view)
+        self._size += view.nbytes
+        return written
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def close(self) -> None:
+        if self._raw.closed:
+            return
+        self._raw.close()
+        self._digests[self._path] = (self._hash.hexdigest(), self._size)
+
+    @property
+    def closed(self) -> bool:
+        return self._raw.closed
+
+    def __enter__(self) -> _DigestingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
 
 class OutputFolder:
-    def __init__(self, url: str) -> None:
-        fs, root = fsspec.core.url_to_fs(url)
+    def __init__(self, url: str, storage_options: StorageOptions | None = None) -> None:
+        self.url = os.fspath(url)
+        self.storage_options: dict[str, Any] = dict(storage_options or {})
+        # (sha256, size) of temporary files written through open_tmp, until they are committed.
+        self._digests: dict[str, tuple[str, int]] = {}
+        fs, root = filesystem(self.url, self.storage_options)
         self.fs: fsspec.AbstractFileSystem = fs
         self.root: str = root.rstrip("/") or "/"
-        self.url = url
-        self.fs.makedirs(self.root, exist_ok=True)
-        self.fs.makedirs(self.path(TMP_DIR), exist_ok=True)
+        if not self.is_object_store:
+            self.fs.makedirs(self.root, exist_ok=True)
+            self.fs.makedirs(self.path(TMP_DIR), exist_ok=True)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The filesystem object (event loops, sessions) is rebuilt on the other side.
+        return (type(self), (self.url, self.storage_options))
+
+    def __repr__(self) -> str:
+        return f"OutputFolder({self.url!r})"
 
     @property
     def is_local(self) -> bool:
-        return "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        return bool(set(_protocols(self.fs)) & _LOCAL_PROTOCOLS)
+
+    @property
+    def is_object_store(self) -> bool:
+        return bool(set(_protocols(self.fs)) & OBJECT_STORE_PROTOCOLS)
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
+
+    def url_of(self, *parts: str) -> str:
+        """A file's full URL (``s3://bucket/prefix/00000.tar``), for logs and metadata."""
+        return full_url(self.fs, self.path(*parts))
 
     def tmp_path(self, final_name: str) -> str:
         """A unique temporary sibling name, so two writers of one shard never collide."""
@@ -41,22 +188,55 @@ class OutputFolder:
 
     def open_tmp(self, final_name: str) -> tuple[str, IO[bytes]]:
         tmp = self.tmp_path(final_name)
-        return tmp, self.fs.open(tmp, "wb")
+        return tmp, _DigestingFile(self.fs.open(tmp, "wb"), tmp, self._digests)  # type: ignore[return-value]
 
     def commit(self, tmp: str, final_name: str) -> None:
-        """Move a finished temporary file or folder to its final name, replacing any old one."""
+        """Move a finished temporary file or folder to its final name, replacing any old one.
+
+        Object stores: a file is server-side copied (the final object appears whole, replacing
+        an old one atomically) and the temporary object deleted. A folder (``files`` format) is
+        copied object by object; it is complete only once the shard's stats json exists.
+        """
         final = self.path(final_name)
+        self._digests.pop(tmp, None)
+        if self.is_object_store:
+            if self.fs.isfile(tmp):
+                self.fs.copy(tmp, final)
+                self.fs.rm(tmp)
+                return
+            if self.fs.exists(final):
+                self.fs.rm(final, recursive=True)
+            self.fs.copy(tmp, final, recursive=True)
+            self.fs.rm(tmp, recursive=True)
+            return
         if self.fs.exists(final):
             self.fs.rm(final, recursive=True)
         self.fs.mv(tmp, final, recursive=True)
 
-    def write_json_atomic(self, final_name: str, payload: dict[str, Any]) -> None:
+    def write_bytes_atomic(self, final_name: str, data: bytes) -> None:
+        """``data`` under ``final_name``, never visible half-written."""
+        if self.is_object_store:
+            # One PUT: the object is replaced whole or not at all; nothing to clean up.
+            self.fs.pipe_file(self.path(final_name), data)
+            return
         tmp, handle = self.open_tmp(final_name)
-        with handle:
-            handle.write(json.dumps(payload, indent=4, default=str).encode())
-        self.commit(tmp, final_name)
+        try:
+            with handle:
+                handle.write(data)
+            self.commit(tmp, final_name)
+        except BaseException:
+            self.discard(tmp)
+            raise
+
+    def write_json_atomic(self, final_name: str, payload: dict[str, Any]) -> None:
+        self.write_bytes_atomic(final_name, json.dumps(payload, indent=4, default=str).encode())
 
     def sha256(self, path: str) -> str:
+        """The file's sha256: remembered if it was written through :meth:`open_tmp` (and its size
+        agrees with what went through the handle), else read back."""
+        known = self._digests.get(path)
+        if known is not None and self.fs.size(path) == known[1]:
+            return known[0]
         digest = hashlib.sha256()
         with self.fs.open(path, "rb") as handle:
             while block := handle.read(1 << 20):
@@ -71,15 +251,26 @@ class OutputFolder:
             return json.loads(handle.read())
 
     def discard(self, tmp: str) -> None:
+        self._digests.pop(tmp, None)
         try:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp, recursive=True)
         except OSError:
             pass
 
-    def clean_tmp(self) -> None:
-        """Remove ``_tmp`` debris left by killed runs (call only when no writer is active)."""
+    def tmp_entries(self) -> list[str]:
+        """What is under ``_tmp/`` now (files, and folders of the ``files`` format)."""
         tmp = self.path(TMP_DIR)
-        if self.fs.exists(tmp):
-            for entry in self.fs.ls(tmp, detail=False):
-                self.discard(entry)
+        try:
+            return sorted(self.fs.ls(tmp, detail=False))
+        except FileNotFoundError:
+            return []
+
+    def clean_tmp(self) -> None:
+        """Remove ``_tmp`` debris left by killed runs.
+
+        Call only when no writer is active on this output folder (on a cluster, other shard
+        runs may be writing): a bucket lifecycle rule on ``_tmp/`` is the concurrent-safe way.
+        """
+        for entry in self.tmp_entries():
+            self.discard(entry)

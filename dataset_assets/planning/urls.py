@@ -12,7 +12,7 @@ import contextlib
 import os
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from dataset_assets.engine.reader import (
     sql_identifier,
     sql_string,
 )
+from dataset_assets.engine.storage import StorageOptions, filesystem, is_remote_url
 
 _WHITESPACE = " \t\n\r\x0b\x0c"
 # scheme :// [userinfo@] host[:port] path?query [#fragment]
@@ -201,6 +202,7 @@ def filter_urls(
     settings: FilterSettings,
     *,
     con: duckdb.DuckDBPyConnection | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> FilterReport:
     """Write the normalised, de-duplicated, filtered URL list to one parquet file.
 
@@ -209,18 +211,27 @@ def filter_urls(
     kept unless ``shuffle_seed`` is set. The output holds ``url`` (normalised), ``caption`` if
     ``caption_col`` is set, the additional columns, and the filter columns present in the input.
     Unknown filter values (NULL, not a number) pass: the engine still checks the real images.
+
+    ``url_list`` and ``output_path`` may be remote (``s3://...``, read and written through
+    fsspec with ``storage_options``). A remote output is written locally first and uploaded as
+    one object, which appears whole or not at all.
     """
-    files = list_input_files(url_list, input_format)
+    files = list_input_files(url_list, input_format, storage_options)
     own = con is None
     tmp_dir = tempfile.TemporaryDirectory(prefix="plan-duckdb-") if own else None
     if con is None:
-        con = connect(files, threads=max(1, min(os.cpu_count() or 1, 8)), memory_limit=_DUCKDB_MEMORY_LIMIT)
+        con = connect(
+            files,
+            threads=max(1, min(os.cpu_count() or 1, 8)),
+            memory_limit=_DUCKDB_MEMORY_LIMIT,
+            storage_options=storage_options,
+        )
         assert tmp_dir is not None
         con.execute(f"SET temp_directory = {sql_string(tmp_dir.name)}")
     suffix = uuid.uuid4().hex[:12]
     base, verdict = f"__plan_base_{suffix}", f"__plan_verdict_{suffix}"
     try:
-        return _filter(con, files, input_format, output_path, settings, base, verdict)
+        return _filter(con, files, input_format, output_path, settings, base, verdict, storage_options)
     finally:
         for table in (base, verdict):
             with contextlib.suppress(duckdb.Error):
@@ -239,9 +250,10 @@ def _filter(
     s: FilterSettings,
     base: str,
     verdict: str,
+    storage_options: StorageOptions | None = None,
 ) -> FilterReport:
     # 0-byte files hold no rows (DuckDB would invent a column for them or call them corrupt).
-    files = [f for f in all_files if not is_empty_file(f)]
+    files = [f for f in all_files if not is_empty_file(f, storage_options)]
     if not files:
         raise InputError(
             f"input {', '.join(all_files[:3])}{' ...' if len(all_files) > 3 else ''} contains no rows"
@@ -385,25 +397,18 @@ def _filter(
         # re-plan after an upgrade gives the same shards (and resume stays valid).
         order = f"md5_number({sql_string(str(int(s.shuffle_seed)) + ':')} || b.url), b.rowid"
     projection = ", ".join(f"b.{sql_identifier(c)}" for c in out_columns)
-    parent = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(output_path)}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        con.execute(
-            f"COPY (SELECT {projection} FROM {base} b SEMI JOIN (SELECT r FROM {verdict} WHERE rule = -1) v "
-            f"ON b.rowid = v.r ORDER BY {order}) TO {sql_string(tmp)} (FORMAT parquet, COMPRESSION zstd)"
-        )
-        os.replace(tmp, output_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-    # Count per authority first (few distinct values), then fold authorities into hosts.
-    top = con.execute(
-        f"SELECT {_host_in_authority_sql('a')} AS host, sum(n) AS n FROM "
-        f"(SELECT {_authority_sql('url')} AS a, count(*) AS n FROM read_parquet({sql_string(output_path)}) "
-        f"GROUP BY a) GROUP BY host ORDER BY n DESC, host LIMIT {_TOP_DOMAINS}"
-    ).fetchall()
+    query = (
+        f"SELECT {projection} FROM {base} b SEMI JOIN (SELECT r FROM {verdict} WHERE rule = -1) v "
+        f"ON b.rowid = v.r ORDER BY {order}"
+    )
+    with _staged_output(output_path, storage_options) as local:
+        con.execute(f"COPY ({query}) TO {sql_string(local)} (FORMAT parquet, COMPRESSION zstd)")
+        # Count per authority first (few distinct values), then fold authorities into hosts.
+        top = con.execute(
+            f"SELECT {_host_in_authority_sql('a')} AS host, sum(n) AS n FROM "
+            f"(SELECT {_authority_sql('url')} AS a, count(*) AS n FROM read_parquet({sql_string(local)}) "
+            f"GROUP BY a) GROUP BY host ORDER BY n DESC, host LIMIT {_TOP_DOMAINS}"
+        ).fetchall()
     rows_out = rows_in - sum(removed.values())
     return FilterReport(
         rows_in=rows_in,
@@ -413,3 +418,29 @@ def _filter(
         top_domains=[(h, int(n)) for h, n in top],
         columns=out_columns,
     )
+
+
+@contextlib.contextmanager
+def _staged_output(output_path: str, storage_options: StorageOptions | None) -> Iterator[str]:
+    """A local file to write, published at ``output_path`` only if the block completes.
+
+    Local output: a temp file beside it, then an atomic rename. Remote output: a local temp
+    file, then one upload (a single object PUT or a completed multipart upload, visible whole
+    or not at all); a failure before the upload completes leaves the old object, if any.
+    """
+    if is_remote_url(output_path):
+        fs, remote = filesystem(output_path, storage_options)
+        with tempfile.TemporaryDirectory(prefix="plan-output-") as folder:
+            local = os.path.join(folder, os.path.basename(remote) or "output.parquet")
+            yield local
+            fs.put_file(local, remote)
+        return
+    parent = os.path.dirname(os.path.abspath(output_path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(output_path)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, output_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

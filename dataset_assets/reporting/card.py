@@ -51,8 +51,13 @@ class Card:
     totals: dict[str, float]
 
 
-def build_card(output_folder: str, inputs: CardInputs) -> Card:
-    output = OutputFolder(output_folder)
+def _output(output_folder: str | OutputFolder) -> OutputFolder:
+    return output_folder if isinstance(output_folder, OutputFolder) else OutputFolder(output_folder)
+
+
+def build_card(output_folder: str | OutputFolder, inputs: CardInputs) -> Card:
+    """``output_folder``: a path/URL, or an OutputFolder (remote storage with its options)."""
+    output = _output(output_folder)
     statuses: Counter[str] = Counter()
     totals = Counter({"shards": 0, "rows": 0, "successes": 0, "bytes_written": 0})
     short_sides: list[int] = []
@@ -69,7 +74,9 @@ def build_card(output_folder: str, inputs: CardInputs) -> Card:
         statuses.update(stats["status_dict"])
         if inputs.options.output_format != "dummy":
             table = pq.read_table(
-                output.path(f"{shard}.parquet"), columns=["original_width", "original_height"]
+                output.path(f"{shard}.parquet"),
+                columns=["original_width", "original_height"],
+                filesystem=output.fs,
             )
             widths = table.column("original_width").to_pylist()
             heights = table.column("original_height").to_pylist()
@@ -82,8 +89,8 @@ def build_card(output_folder: str, inputs: CardInputs) -> Card:
     return Card(markdown, grid, {**totals, "success_rate": rate})
 
 
-def write_card(output_folder: str, card: Card) -> list[str]:
-    output = OutputFolder(output_folder)
+def write_card(output_folder: str | OutputFolder, card: Card) -> list[str]:
+    output = _output(output_folder)
     paths = []
     if card.grid_jpeg is not None:
         tmp, handle = output.open_tmp(GRID_NAME)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.records import SUCCESS
-from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.engine.storage import OutputFolder, StorageOptions
 from dataset_assets.engine.writers import stats_name
 
 MAX_LISTED = 20  # problems listed per check; the count is always exact
@@ -76,9 +76,13 @@ def verify_dataset(
     options: DownloadOptions,
     shard_inputs_folder: str | None = None,
     success_rate_floor: float = 0.0,
+    storage_options: StorageOptions | None = None,
 ) -> VerificationReport:
-    """Verify the shards named by ``shard_keys``; every check's outcome lands in the report."""
-    output = OutputFolder(output_folder)
+    """Verify the shards named by ``shard_keys``; every check's outcome lands in the report.
+
+    Either folder may be remote (``s3://...``); ``storage_options`` configure its filesystem.
+    """
+    output = OutputFolder(output_folder, storage_options)
     report = VerificationReport(shards_expected=len(shard_keys))
     checks = {name: CheckOutcome(True, "") for name in CHECK_NAMES}
     seen_keys: set[str] = set()
@@ -97,9 +101,17 @@ def verify_dataset(
                 checks["checksums_match"].add(f"{final} changed since it was written (sha256 differs)")
         if options.output_format == "dummy":
             continue
-        table = pq.read_table(output.path(f"{shard}.parquet"), columns=["key", "status", "width", "height"])
+        table = pq.read_table(
+            output.path(f"{shard}.parquet"),
+            columns=["key", "status", "width", "height"],
+            filesystem=output.fs,
+        )
         report.rows += table.num_rows
-        expected_rows = _input_rows(shard_inputs_folder, shard) if shard_inputs_folder else stats["count"]
+        expected_rows = (
+            _input_rows(shard_inputs_folder, shard, storage_options)
+            if shard_inputs_folder
+            else stats["count"]
+        )
         if table.num_rows != expected_rows or stats["count"] != expected_rows:
             checks["rows_match_inputs"].add(
                 f"shard {shard}: {table.num_rows} parquet rows, {stats['count']} counted, "
@@ -144,8 +156,8 @@ def verify_dataset(
     return report
 
 
-def _input_rows(shard_inputs_folder: str, shard: str) -> int:
-    output = OutputFolder(shard_inputs_folder)
+def _input_rows(shard_inputs_folder: str, shard: str, storage_options: StorageOptions | None = None) -> int:
+    output = OutputFolder(shard_inputs_folder, storage_options)
     with output.fs.open(posixpath.join(output.root, f"{shard}.parquet"), "rb") as handle:
         return pq.ParquetFile(handle).metadata.num_rows
 
@@ -217,7 +229,9 @@ def _iter_samples(
             meta = json.loads(output.fs.cat_file(meta_path)) if output.fs.exists(meta_path) else None
             yield key, output.fs.cat_file(path), meta
     elif options.output_format == "parquet":
-        table = pq.read_table(output.path(f"{shard}.parquet"), columns=["key", "status", ext])
+        table = pq.read_table(
+            output.path(f"{shard}.parquet"), columns=["key", "status", ext], filesystem=output.fs
+        )
         for key, status, payload in zip(
             *(table.column(c).to_pylist() for c in ("key", "status", ext)), strict=True
         ):
