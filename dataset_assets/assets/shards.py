@@ -43,7 +43,7 @@ def image_shards(
         context.log.info(
             f"downloading shard {name}: {rows.num_rows} rows, {options.processes_count} processes"
         )
-        stats = download_shard(rows, output, options, shard_id=shard_id)  # type: ignore[arg-type]
+        stats = download_shard(rows, output, options, shard_id=shard_id)
     return dg.MaterializeResult(metadata=shard_metadata(stats))
 
 

@@ -233,7 +233,7 @@ def _task_chunks(
 
 
 def download_shard(
-    rows: pa.Table, output_folder: str, options: DownloadOptions, shard_id: int = 0
+    rows: pa.Table, output_folder: str | OutputFolder, options: DownloadOptions, shard_id: int = 0
 ) -> ShardStats:
     """Download one shard with a pool of its own (the API the Dagster asset calls)."""
     with DownloadPool(options, output_folder) as pool:
