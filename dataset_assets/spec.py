@@ -96,7 +96,7 @@ class DatasetSpec(pydantic.BaseModel):
 
     # --- network ---
     processes_count: int = 2
-    thread_count: int = 64
+    thread_count: int = 256
     timeout: float = 10.0
     retries: int = 0
     user_agent_token: str | None = None

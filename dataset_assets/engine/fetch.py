@@ -279,7 +279,8 @@ class Fetcher:
         future = self._robots.get(origin)
         if future is None:
             future = self._robots[origin] = asyncio.ensure_future(self._load_robots(origin))
-        rules = await asyncio.shield(future)
+        # shield: one request's deadline must not cancel the fetch that others wait for
+        rules = future.result() if future.done() else await asyncio.shield(future)
         path = url.raw_path_qs or "/"
         rule = rules.blocking_rule(path)
         if rule is not None:

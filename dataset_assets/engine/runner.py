@@ -12,11 +12,14 @@ termination) terminates the workers: none outlives the pool.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +59,22 @@ def read_shard_stats(output: OutputFolder, shard_id: int, options: DownloadOptio
     return stats
 
 
+@contextlib.contextmanager
+def _bare_main_module() -> Iterator[None]:
+    """Keep spawned workers from re-importing the parent's ``__main__``.
+
+    spawn re-runs the parent's main module in every child; under ``dagster asset materialize``
+    that is the whole Dagster CLI (about a second of CPU per worker, per shard run). Workers
+    need only :func:`worker_main`, importable by name, so they are shown a bare main module.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 class WorkerCrashed(RuntimeError):
     """A worker process died (killed, out of memory, codec crash); its shards are not committed."""
 
@@ -79,14 +98,15 @@ class DownloadPool:
         return [p.pid for p in self._processes if p.pid is not None]
 
     def __enter__(self) -> DownloadPool:
-        for _ in range(self.options.processes_count):
-            process = self._ctx.Process(
-                target=worker_main,
-                args=(self.options, self._tasks, self._results, os.getpid()),
-                daemon=True,
-            )
-            process.start()
-            self._processes.append(process)
+        with _bare_main_module():
+            for _ in range(self.options.processes_count):
+                process = self._ctx.Process(
+                    target=worker_main,
+                    args=(self.options, self._tasks, self._results, os.getpid()),
+                    daemon=True,
+                )
+                process.start()
+                self._processes.append(process)
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

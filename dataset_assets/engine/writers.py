@@ -7,7 +7,6 @@ first and is committed by :meth:`ShardWriter.close`, stats json last.
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 import time
@@ -22,6 +21,23 @@ from dataset_assets.engine.stats import ShardStats
 from dataset_assets.engine.storage import OutputFolder
 
 ROW_GROUP_ROWS = 1024
+
+
+# Containers are the only values that json.dumps(indent=4) lays out over several lines.
+_NESTED = (dict, list, tuple)
+_INDENT_SEPARATORS = (",\n    ", ": ")
+
+
+def sample_json(meta: dict[str, Any]) -> str:
+    """``json.dumps(meta, indent=4, default=str)``, identical output, several times faster.
+
+    With ``indent`` json falls back to its pure-Python encoder; a flat dict (the per-sample
+    metadata, unless an additional column holds lists or structs) is laid out the same way by
+    the C encoder given indent=4's separators, plus the opening and closing newlines.
+    """
+    if not meta or any(isinstance(value, _NESTED) for value in meta.values()):
+        return json.dumps(meta, indent=4, default=str)
+    return "{\n    " + json.dumps(meta, separators=_INDENT_SEPARATORS, default=str)[1:-1] + "\n}"
 
 
 def stats_name(shard: str) -> str:
@@ -55,22 +71,66 @@ def metadata_schema(options: DownloadOptions, input_schema: pa.Schema) -> pa.Sch
 
 
 class _TarSink:
-    """Tar members as webdataset.TarWriter writes them (owner bigdata, mode 0444)."""
+    """Tar members as webdataset.TarWriter writes them (owner bigdata, mode 0444).
+
+    The bytes are exactly those of ``tarfile.open(mode="w|").addfile()`` (PAX format, so the
+    float mtime gets a PAX record per member, as with webdataset), but built without tarfile's
+    per-member header machinery, which cost more parent CPU than everything else it does per
+    sample: the PAX block is the same for every member of a shard, so it is built once, and the
+    ustar header is a template with name, size and checksum filled in. Names that are long or
+    not ASCII and huge sizes go through ``TarInfo.tobuf`` as tarfile itself would.
+    """
 
     def __init__(self, handle: IO[bytes]) -> None:
-        self._tar = tarfile.open(fileobj=handle, mode="w|")  # noqa: SIM115 - closed by close()
+        self._handle = handle
         self._mtime = time.time()
+        self._offset = 0
+        header = self._info("-", 0).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+        self._pax_block = header[: -tarfile.BLOCKSIZE]  # the mtime PAX record (header + data)
+        template = bytearray(header[-tarfile.BLOCKSIZE :])
+        template[148:156] = b" " * 8  # checksum field counts as spaces while summing
+        self._template = bytes(template)
+        self._template_sum = sum(template) - sum(template[0:100]) - sum(template[124:136])
 
-    def add(self, name: str, data: bytes) -> None:
+    def _info(self, name: str, size: int) -> tarfile.TarInfo:
         info = tarfile.TarInfo(name)
-        info.size = len(data)
+        info.size = size
         info.mtime = self._mtime
         info.mode = 0o444
         info.uname = info.gname = "bigdata"
-        self._tar.addfile(info, io.BytesIO(data))
+        return info
+
+    def add(self, name: str, data: bytes) -> None:
+        size = len(data)
+        encoded = name.encode("ascii", "ignore")
+        if len(encoded) == len(name) and 0 < len(encoded) <= 100 and size < 8**11:
+            name_field = encoded.ljust(100, tarfile.NUL)
+            size_field = b"%011o\0" % size
+            checksum = self._template_sum + sum(name_field) + sum(size_field)
+            header = b"".join(
+                (
+                    self._pax_block,
+                    name_field,
+                    self._template[100:124],
+                    size_field,
+                    self._template[136:148],
+                    b"%06o\0" % checksum,
+                    self._template[155:],
+                )
+            )
+        else:
+            header = self._info(name, size).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+        padding = tarfile.NUL * (-size % tarfile.BLOCKSIZE)
+        self._handle.write(b"".join((header, data, padding)))  # one write call per member
+        self._offset += len(header) + size + len(padding)
 
     def close(self) -> None:
-        self._tar.close()
+        """End-of-archive blocks, then zeros up to a whole record, as TarFile.close() writes."""
+        self._handle.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+        self._offset += 2 * tarfile.BLOCKSIZE
+        remainder = self._offset % tarfile.RECORDSIZE
+        if remainder:
+            self._handle.write(tarfile.NUL * (tarfile.RECORDSIZE - remainder))
 
 
 class _FolderSink:
@@ -166,7 +226,7 @@ class ShardWriter:
             if self._captions is not None:
                 caption = self._captions[result.index]
                 self._sink.add(f"{key}.txt", ("" if caption is None else str(caption)).encode())
-            self._sink.add(f"{key}.json", json.dumps(self.metadata(result), indent=4, default=str).encode())
+            self._sink.add(f"{key}.json", sample_json(self.metadata(result)).encode())
         if self._parquet is not None:
             self._pending.append(result)
             if len(self._pending) >= ROW_GROUP_ROWS:
