@@ -326,16 +326,17 @@ def _filter(
                     f"length(trim(coalesce(CAST(caption AS VARCHAR), ''))) < {int(s.min_caption_length)}",
                 )
             )
-    for rule, key, value, op in (
-        ("min_width", "width", s.min_width, "<"),
-        ("min_height", "height", s.min_height, "<"),
-    ):
+
+    def threshold(rule: str, key: str, value: float | None, op: str) -> None:
         if value is None:
-            continue
+            return
         if filter_cols[key] is None:
             skipped[rule] = why_absent[key]
         else:
             rules.append((rule, f"{num(key)} {op} {_double(value)}"))
+
+    threshold("min_width", "width", s.min_width, "<")
+    threshold("min_height", "height", s.min_height, "<")
     if s.max_aspect_ratio is not None:
         if filter_cols["width"] is None or filter_cols["height"] is None:
             skipped["max_aspect_ratio"] = why_absent["width"] or why_absent["height"]
@@ -343,17 +344,9 @@ def _filter(
             w, h = num("width"), num("height")
             ratio = f"greatest({w}, {h}) / NULLIF(least({w}, {h}), 0)"
             rules.append(("max_aspect_ratio", f"{ratio} > {_double(s.max_aspect_ratio)}"))
-    for rule, key, value, op in (
-        ("min_similarity", "similarity", s.min_similarity, "<"),
-        ("max_punsafe", "punsafe", s.max_punsafe, ">"),
-        ("max_pwatermark", "pwatermark", s.max_pwatermark, ">"),
-    ):
-        if value is None:
-            continue
-        if filter_cols[key] is None:
-            skipped[rule] = why_absent[key]
-        else:
-            rules.append((rule, f"{num(key)} {op} {_double(value)}"))
+    threshold("min_similarity", "similarity", s.min_similarity, "<")
+    threshold("max_punsafe", "punsafe", s.max_punsafe, ">")
+    threshold("max_pwatermark", "pwatermark", s.max_pwatermark, ">")
     authority = _authority_sql("url")
     if s.allowed_domains:
         pattern = _domain_regex(s.allowed_domains)
