@@ -348,18 +348,17 @@ def _filter(
     threshold("max_punsafe", "punsafe", s.max_punsafe, ">")
     threshold("max_pwatermark", "pwatermark", s.max_pwatermark, ">")
     authority = _authority_sql("url")
-    if s.allowed_domains:
-        pattern = _domain_regex(s.allowed_domains)
+    for rule, domains, removes in (
+        ("allowed_domains", s.allowed_domains, "NOT regexp_matches"),
+        ("denied_domains", s.denied_domains, "regexp_matches"),
+    ):
+        if not domains:
+            continue
+        pattern = _domain_regex(domains)
         if pattern:
-            rules.append(("allowed_domains", f"NOT regexp_matches({authority}, {sql_string(pattern)})"))
+            rules.append((rule, f"{removes}({authority}, {sql_string(pattern)})"))
         else:
-            skipped["allowed_domains"] = "no usable domain given"
-    if s.denied_domains:
-        pattern = _domain_regex(s.denied_domains)
-        if pattern:
-            rules.append(("denied_domains", f"regexp_matches({authority}, {sql_string(pattern)})"))
-        else:
-            skipped["denied_domains"] = "no usable domain given"
+            skipped[rule] = "no usable domain given"
 
     # The first occurrence (in input order) of each valid normalised URL survives de-duplication;
     # the filters are evaluated once, on those rows only, and each row gets the number of the
