@@ -362,7 +362,8 @@ def test_reduced_decode_psnr_against_area_reference() -> None:
         ((1024, 768), 4),  # exactly 256x192 at 1/4: no resample at all
         ((2048, 1536), 8),
         ((800, 600), 2),  # 400x300 -> 256x192 is a 1.56:1 shrink
-        ((640, 480), 1),  # 320x240 at 1/2 would leave only 1.25:1: full decode
+        ((640, 480), 2),  # 320x240 at 1/2 still shrinks (1.25:1) onto the 256x192 grid
+        ((500, 375), 1),  # 250x188 at 1/2 would have to be upscaled: full decode
         ((2052, 1027), 4),  # 1/8 cannot be resampled onto the grid within 0.1 px; 1/4 can
     ],
 )
