@@ -100,10 +100,18 @@ def start_server(corpus: Path, hosts: int, latency: tuple[float, float], lifetim
     return serve_in_subprocess(root=corpus, config=config)
 
 
-def write_url_list(path: Path, server: Any, n: int) -> None:
-    """A LAION-like parquet (URL, TEXT) whose rows are spread round-robin over the server's hosts."""
+def write_url_list(path: Path, server: Any, n: int, corpus_size: int | None = None) -> None:
+    """A LAION-like parquet (URL, TEXT) whose rows are spread round-robin over the server's hosts.
+
+    With ``corpus_size`` < n, rows reuse the corpus's images under distinct URLs (a query
+    string the server ignores), so that a long list needs no bigger corpus.
+    """
     hosts = server.hosts
-    urls = [server.url(corpus_name(i), hosts[i % len(hosts)]) for i in range(n)]
+    size = corpus_size or n
+    urls = [
+        server.url(corpus_name(i % size), hosts[i % len(hosts)]) + (f"?copy={i // size}" if i >= size else "")
+        for i in range(n)
+    ]
     captions = [f"a synthetic photo number {i} of a thing" for i in range(n)]
     pq.write_table(pa.table({"URL": urls, "TEXT": captions}), path)
 

@@ -1,20 +1,24 @@
-"""Dagster overhead: one 10 000-row shard through ``dagster asset materialize`` vs the engine alone.
+"""Dagster overhead: shards through a Dagster run vs the engine alone, same shard inputs.
 
 Usage (from the repository root)::
 
     .venv/bin/python -m bench.bench_dagster_overhead --rows 10000 --rounds 2
+    .venv/bin/python -m bench.bench_dagster_overhead --rows 10000 --shards 4 --rounds 1
 
-Setup (not timed): the synthetic corpus (shared with bench_engine's cache), the loopback image
-server in its own process, a URL list, a temporary persistent ``DAGSTER_HOME``, a spec YAML,
-and one ``dagster asset materialize --select filtered_urls,url_shards`` that writes the shard
-input ``00000.parquet`` and registers partition ``00000``.
+Setup (not timed): the synthetic corpus (shared with bench_engine's cache; with several shards
+the URLs reuse its images under distinct query strings), the loopback image server in its own
+process, a URL list, a temporary persistent ``DAGSTER_HOME``, a spec YAML, and one ``dagster
+asset materialize --select filtered_urls,url_shards`` that writes the shard inputs and
+registers partitions ``00000``...
 
 Then, interleaved for ``--rounds`` rounds, each a subprocess timed from start to exit:
 
-* (D) ``dagster asset materialize -m dataset_assets.definitions --select image_shards
-  --partition 00000`` (a fresh output folder each round, via its own spec file);
-* (E) the engine alone: ``download_shard`` on the same shard input with the same options
-  (``spec.download_options()``), from a bare ``python -c``.
+* (D) one Dagster run: with one shard, ``dagster asset materialize -m dataset_assets.definitions
+  --select image_shards --partition 00000``; with ``--shards N``, ``dagster job execute -j
+  download_shards`` with the partition-range tags a backfill puts on a run of N shards
+  (``shards_per_run`` >= N). A fresh output folder each round, via its own spec file;
+* (E) the engine alone: ``download_shards`` on the same shard inputs with the same options
+  (``spec.download_options()``), one pool, from a bare ``python -c``.
 
 It prints both wall times, images/s and CPU, and the overhead (D - E) / E in %. The overhead
 is Dagster's start-up (CLI, code location import), run and event storage, and the asset
@@ -46,16 +50,21 @@ from bench._common import (
     start_server,
     write_url_list,
 )
+from dataset_assets.partitions import range_tags
 
 ENGINE_ALONE = """
 import sys, posixpath
 from dataset_assets.spec import load_spec
-from dataset_assets.engine.runner import download_shard
+from dataset_assets.engine.reader import InputShard
+from dataset_assets.engine.runner import download_shards
 from dataset_assets.engine.storage import read_parquet
 spec = load_spec(sys.argv[1])
-rows = read_parquet(posixpath.join(spec.shard_inputs_folder, "00000.parquet"))
-stats = download_shard(rows, spec.output_folder, spec.download_options(), shard_id=0)
-print(f"{stats.successes}/{stats.count} in {stats.duration:.1f}s")
+def inputs():
+    for shard_id in range(int(sys.argv[2])):
+        name = f"{shard_id:0{spec.oom_shard_count}d}"
+        yield InputShard(shard_id, read_parquet(posixpath.join(spec.shard_inputs_folder, name + ".parquet")))
+for stats in download_shards(inputs(), spec.output_folder, spec.download_options()):
+    print(f"shard {stats.shard_id}: {stats.successes}/{stats.count} in {stats.duration:.1f}s")
 """
 
 
@@ -76,6 +85,7 @@ def write_spec(path: Path, urls: Path, output: Path, plan: Path, args: argparse.
         "processes_count": args.processes,
         "thread_count": args.threads,
         "allow_private_addresses": True,
+        "shards_per_run": max(8, args.shards),
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -85,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.bench_dagster_overhead", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--rows", type=int, default=10_000, help="rows in the one shard")
+    parser.add_argument("--rows", type=int, default=10_000, help="rows per shard")
+    parser.add_argument("--shards", type=int, default=1, help="shards in the one run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=128, help="thread_count (requests per process)")
@@ -100,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     corpus = ensure_corpus(args.rows, args.seed, args.cache)
+    total_rows = args.rows * args.shards
     work = Path(tempfile.mkdtemp(prefix="bench_dagster_"))
     home = work / "dagster_home"
     home.mkdir()
@@ -107,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     plan = work / "plan"
     urls = work / "urls.parquet"
     dagster = Path(sys.executable).with_name("dagster")
-    lifetime = min(4 * 3600.0, args.rounds * 2 * (args.rows / 50 + 180) + 600)
+    lifetime = min(4 * 3600.0, args.rounds * 2 * (total_rows / 50 + 180) + 600)
     results: dict[str, list[RunResult]] = {"D": [], "E": []}
     server = start_server(corpus, args.hosts, tuple(args.latency), lifetime)
     try:
-        write_url_list(urls, server, args.rows)
+        write_url_list(urls, server, total_rows, corpus_size=args.rows)
         spec0 = write_spec(work / "spec_setup.yaml", urls, work / "out_setup", plan, args)
         env = clean_env(DAGSTER_HOME=str(home), DATASET_SPEC=str(spec0), PYTHONUNBUFFERED="1")
         ingest = ["--select", "filtered_urls,url_shards"]
@@ -134,11 +146,15 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(out, ignore_errors=True)
                 spec = write_spec(work / f"spec_{variant}.yaml", urls, out, plan, args)
                 env = clean_env(DAGSTER_HOME=str(home), DATASET_SPEC=str(spec), PYTHONUNBUFFERED="1")
-                if variant == "D":
+                if variant == "D" and args.shards == 1:
                     cmd = [str(dagster), "asset", "materialize", "-m", "dataset_assets.definitions"]
                     cmd += ["--select", "image_shards", "--partition", "00000"]
+                elif variant == "D":
+                    last = f"{args.shards - 1:05d}"
+                    cmd = [str(dagster), "job", "execute", "-m", "dataset_assets.definitions"]
+                    cmd += ["-j", "download_shards", "--tags", json.dumps(range_tags("00000", last))]
                 else:
-                    cmd = [sys.executable, "-c", ENGINE_ALONE, str(spec)]
+                    cmd = [sys.executable, "-c", ENGINE_ALONE, str(spec), str(args.shards)]
                 env["BENCH_LOG_DIR"] = str(work)
                 result = run_measured(
                     f"{variant}{round_no}", cmd, env, args.run_timeout, server_pid=server.process.pid
@@ -158,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     medians = {}
-    for variant, label in (("D", "dagster asset materialize"), ("E", "engine alone (download_shard)")):
+    labels = {
+        "D": "dagster asset materialize"
+        if args.shards == 1
+        else f"dagster job execute, {args.shards} shards",
+        "E": "engine alone (download_shards)",
+    }
+    for variant, label in labels.items():
         runs = results[variant]
         medians[variant] = statistics.median(r.wall_s for r in runs)
         rows.append(
@@ -177,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     overhead = (medians["D"] - medians["E"]) / medians["E"]
     extra_s = medians["D"] - medians["E"]
     print(
-        f"Dagster overhead: {overhead:+.1%} of the engine's wall time ({extra_s:+.1f}s per shard; "
+        f"Dagster overhead: {overhead:+.1%} of the engine's wall time ({extra_s:+.1f}s per run of "
+        f"{args.shards} shard(s), {extra_s / args.shards:+.2f}s per shard; "
         f"per round: {', '.join(f'{p:+.1%}' for p in paired)})"
     )
     if args.json:
@@ -185,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "rows": args.rows,
+                    "shards": args.shards,
                     "overhead": overhead,
                     "extra_s": extra_s,
                     "runs": {v: [r.__dict__ | {"output_tail": ""} for r in rs] for v, rs in results.items()},

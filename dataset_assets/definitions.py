@@ -21,7 +21,15 @@ from dataset_assets.spec import DatasetSpec, load_spec
 def build_defs(spec: DatasetSpec, s3: S3Resource | None = None) -> dg.Definitions:
     """The definitions for one dataset spec (tests and tools build their own)."""
     return dg.Definitions(
-        assets=[filtered_urls, url_shards, image_shards, dataset_verification, dataset_card],
+        assets=[
+            filtered_urls,
+            url_shards,
+            image_shards.with_attributes(
+                backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=spec.shards_per_run)
+            ),
+            dataset_verification,
+            dataset_card,
+        ],
         asset_checks=verification_checks,
         jobs=[download_shards_job],
         schedules=[resume_missing_shards],

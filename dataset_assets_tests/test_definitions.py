@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from dataset_assets.demo.build import DOWNLOAD, INGEST, PUBLISH, build_dataset
 from dataset_assets.demo.images import corpus_images
 from dataset_assets.demo.prepare import write_url_list
 from dataset_assets.demo.server import ImageServer, ServerConfig
-from dataset_assets.partitions import shards_partitions
+from dataset_assets.partitions import RANGE_END_TAG, RANGE_START_TAG, shards_partitions
 from dataset_assets.schedules import missing_shard_keys, resume_missing_shards
 from dataset_assets.spec import SpecError, load_spec, spec_from_mapping
 
@@ -123,6 +124,19 @@ def test_whole_graph_then_resume_and_idempotent_registration(server: ImageServer
         )
         assert shard["count"].value == 4 and 0 <= shard["success_rate"].value <= 1
 
+        # The four shards were one run (a backfill's range) sharing one worker pool, and each
+        # partition still got its own metadata.
+        records = instance.fetch_materializations(dg.AssetKey("image_shards"), limit=10).records
+        assert len(records) == 4 and len({r.run_id for r in records}) == 1
+        assert sorted(r.asset_materialization.metadata["count"].value for r in records) == [4, 8, 8, 8]
+        pools = {
+            frozenset(
+                json.loads((tmp_path / "dataset" / f"0000{i}_stats.json").read_text())["rows_per_worker"]
+            )
+            for i in range(4)
+        }
+        assert len(pools) == 1
+
         card = (tmp_path / "dataset" / "DATASET_CARD.md").read_text()
         assert "| images stored | 24 |" in card and "X-Robots-Tag" in card
 
@@ -189,10 +203,14 @@ def test_killed_shard_is_completed_by_materializing_missing(server: ImageServer,
         assert "00000" not in missing_shard_keys(instance)
         # What the resume schedule would launch:
         context = dg.build_schedule_context(
-            instance=instance, scheduled_execution_time=datetime.datetime(2026, 1, 1)
+            instance=instance,
+            scheduled_execution_time=datetime.datetime(2026, 1, 1),
+            repository_def=build_defs(spec_from_mapping(values)).get_repository_def(),
         )
-        requested = [r.partition_key for r in resume_missing_shards(context)]
-        assert requested == missing_shard_keys(instance)
+        requested = [(r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]) for r in resume_missing_shards(context)]
+        # 00001 failed and 00002-00003 never ran: one run for the three of them.
+        assert missing_shard_keys(instance) == ["00001", "00002", "00003"]
+        assert requested == [("00001", "00003")]
         outcome = build_dataset(build_defs(spec_from_mapping(values)), instance)
         assert outcome.checks_passed, outcome.failed_checks
     assert _keys(resumed_root / "dataset") == _keys(reference_root / "dataset")

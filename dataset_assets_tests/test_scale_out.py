@@ -38,7 +38,7 @@ from dataset_assets.demo.server import ImageServer, ServerConfig
 from dataset_assets.engine import DownloadOptions
 from dataset_assets.engine.reader import iter_input_shards
 from dataset_assets.engine.storage import OutputFolder, options_for
-from dataset_assets.partitions import shards_partitions
+from dataset_assets.partitions import RANGE_END_TAG, RANGE_START_TAG, shards_partitions
 from dataset_assets.planning import FilterSettings, filter_urls, read_manifest, sharding, write_shard_inputs
 from dataset_assets.resources import s3_resource_from_env, spec_storage_options, storage_options
 from dataset_assets.spec import spec_from_mapping
@@ -401,6 +401,15 @@ def _launch_backfill(instance: dg.DagsterInstance, keys: list[str]) -> str:
     return launched["backfillId"]
 
 
+def _run_partition(run: dg.DagsterRun) -> str:
+    """The one partition a backfill run covers: a backfill policy's runs carry it as a range."""
+    first, last = run.tags.get(RANGE_START_TAG), run.tags.get(RANGE_END_TAG)
+    if first is not None:
+        assert first == last, run.tags
+        return first
+    return run.tags["dagster/partition"]
+
+
 def _max_overlap(intervals: list[tuple[float, float]]) -> int:
     events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
     peak = current = 0
@@ -435,7 +444,11 @@ def test_backfill_runs_concurrently_through_the_daemon_into_s3(
         _write_urls(tmp_path / "urls.csv", urls)
         client = s3_server.client()
         client.upload_file(str(tmp_path / "urls.csv"), bucket, "in/urls.csv")
-        values = _spec_values(f"s3://{bucket}/in/urls.csv", f"s3://{bucket}/ds", thread_count=2)
+        # One shard per run, so that runs overlap and one shard's run can be killed on its own
+        # (several shards a run are covered in test_definitions).
+        values = _spec_values(
+            f"s3://{bucket}/in/urls.csv", f"s3://{bucket}/ds", thread_count=2, shards_per_run=1
+        )
         client.put_object(Bucket=bucket, Key="specs/test.yaml", Body=yaml.safe_dump(values).encode())
 
         home = tmp_path / "dagster_home"
@@ -465,8 +478,11 @@ def test_backfill_runs_concurrently_through_the_daemon_into_s3(
             "DAGSTER_HOME": str(home),
             "DATASET_SPEC": f"s3://{bucket}/specs/test.yaml",
         }
-        for name in postgres_db.environment():  # for this process's own instance
+        # This process plays the webserver below (it launches the backfill), so it gets the
+        # same environment, and loads the definitions afresh with this spec.
+        for name in [*postgres_db.environment(), *s3_server.environment(), "DATASET_SPEC"]:
             monkeypatch.setenv(name, env[name])
+        monkeypatch.delitem(sys.modules, "dataset_assets.definitions", raising=False)
 
         spec = spec_from_mapping(values)
         defs = build_defs(spec, _s3_resource(s3_server))
@@ -482,12 +498,8 @@ def test_backfill_runs_concurrently_through_the_daemon_into_s3(
             with running_daemon(home, workspace, env) as daemon:
 
                 def victim_run() -> dg.DagsterRun | None:
-                    runs = instance.get_runs(
-                        filters=dg.RunsFilter(
-                            tags={"dagster/partition": victim}, statuses=[dg.DagsterRunStatus.STARTED]
-                        )
-                    )
-                    return runs[0] if runs else None
+                    runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+                    return next((r for r in runs if _run_partition(r) == victim), None)
 
                 # Kill the victim's run worker (and its engine process) while it fetches.
                 _wait_for(
@@ -525,7 +537,7 @@ def test_backfill_runs_concurrently_through_the_daemon_into_s3(
             by_status = collections.Counter(r.dagster_run.status for r in records)
             assert by_status == {dg.DagsterRunStatus.SUCCESS: SHARDS, dg.DagsterRunStatus.FAILURE: 1}
             successes = collections.Counter(
-                r.dagster_run.tags["dagster/partition"]
+                _run_partition(r.dagster_run)
                 for r in records
                 if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS
             )
@@ -534,7 +546,7 @@ def test_backfill_runs_concurrently_through_the_daemon_into_s3(
                 r.dagster_run
                 for r in records
                 if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS
-                and r.dagster_run.tags["dagster/partition"] == victim
+                and _run_partition(r.dagster_run) == victim
             )
             assert retry.tags.get("dagster/parent_run_id") == run.run_id  # the run retry, from the daemon
 

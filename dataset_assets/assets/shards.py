@@ -1,17 +1,20 @@
-"""Download: one partition per shard, each a call into the engine."""
+"""Download: one partition per shard; a run downloads its partitions with one engine call."""
 
 import posixpath
+from collections.abc import Iterator
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from dataset_assets.assets.urls import url_shards
+from dataset_assets.engine.reader import InputShard
 from dataset_assets.engine.records import shard_name
-from dataset_assets.engine.runner import download_shard, is_shard_complete, read_shard_stats
+from dataset_assets.engine.runner import download_shards, is_shard_complete, read_shard_stats
 from dataset_assets.engine.stats import ShardStats
 from dataset_assets.engine.storage import OutputFolder, read_parquet
 from dataset_assets.partitions import shards_partitions
 from dataset_assets.resources import DatasetResource, spec_storage_options
+from dataset_assets.spec import SHARDS_PER_RUN
 
 
 @dg.asset(
@@ -20,31 +23,48 @@ from dataset_assets.resources import DatasetResource, spec_storage_options
     deps=[url_shards],
     kinds={"python", "parquet"},
     automation_condition=dg.AutomationCondition.on_missing(),
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SHARDS_PER_RUN),
 )
 def image_shards(
     context: dg.AssetExecutionContext, dataset: DatasetResource, s3: S3Resource
 ) -> dg.MaterializeResult:
-    """Fetch, resize and write one shard (tar + parquet + stats) with the engine's worker pool.
+    """Fetch, resize and write shards (tar + parquet + stats), one partition per shard.
 
-    A shard already complete on disk is reported, not downloaded again (unless ``overwrite``),
-    so a backfill over all partitions doubles as a cheap "resume what is missing".
+    A run may cover several partitions (backfills group up to the spec's ``shards_per_run``,
+    which ``build_defs`` sets as the BackfillPolicy): they share
+    one worker pool, so Dagster's start-up and the pool's are paid once, and each shard's
+    slowest requests overlap the next one's. Every partition still gets its own metadata.
+    A shard already complete on disk is reported, not downloaded again (unless
+    ``overwrite``), so a backfill over all partitions doubles as a cheap "resume what is missing".
     """
     spec = dataset.spec()
-    shard_id = int(context.partition_key)
     options = spec.download_options()
     storage_options = spec_storage_options(spec, s3)
     output = OutputFolder(spec.output_folder, storage_options)
-    if options.incremental_mode == "incremental" and is_shard_complete(output, shard_id, options):
-        stats = read_shard_stats(output, shard_id, options)
-        context.log.info(f"shard {context.partition_key} already complete; not downloading it again")
-    else:
-        name = shard_name(shard_id, spec.oom_shard_count)
-        rows = read_parquet(posixpath.join(spec.shard_inputs_folder, f"{name}.parquet"), storage_options)
-        context.log.info(
-            f"downloading shard {name}: {rows.num_rows} rows, {options.processes_count} processes"
-        )
-        stats = download_shard(rows, output, options, shard_id=shard_id)
-    return dg.MaterializeResult(metadata=shard_metadata(stats))
+    keys = {int(key): key for key in context.partition_keys}
+    todo = []
+    for shard_id, key in keys.items():
+        if options.incremental_mode == "incremental" and is_shard_complete(output, shard_id, options):
+            context.log.info(f"shard {key} already complete; not downloading it again")
+            context.add_asset_metadata(
+                shard_metadata(read_shard_stats(output, shard_id, options)), partition_key=key
+            )
+        else:
+            todo.append(shard_id)
+
+    def inputs() -> Iterator[InputShard]:
+        for shard_id in todo:  # read lazily: one shard's rows at a time, as the pool gets to it
+            name = shard_name(shard_id, spec.oom_shard_count)
+            rows = read_parquet(posixpath.join(spec.shard_inputs_folder, f"{name}.parquet"), storage_options)
+            context.log.info(
+                f"downloading shard {name}: {rows.num_rows} rows, {options.processes_count} processes"
+            )
+            yield InputShard(shard_id, rows)
+
+    if todo:
+        for stats in download_shards(inputs(), output, options):
+            context.add_asset_metadata(shard_metadata(stats), partition_key=keys[stats.shard_id])
+    return dg.MaterializeResult()
 
 
 def shard_metadata(stats: ShardStats) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""Materialise the whole graph in-process, one run per shard, like a backfill would.
+"""Materialise the whole graph in-process like a backfill would, ``shards_per_run`` shards a run.
 
 With the default definitions, call it only after ``DATASET_SPEC`` and ``DAGSTER_HOME`` are set:
 the definitions read the spec at import time and the runs are recorded in the instance that
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from dataset_assets.partitions import shards_partitions
+from dataset_assets.partitions import partition_ranges, range_tags, shards_partitions, shards_per_run
 
 INGEST = [dg.AssetKey("filtered_urls"), dg.AssetKey("url_shards")]
 DOWNLOAD = [dg.AssetKey("image_shards")]
@@ -42,8 +42,9 @@ def build_dataset(
     job.execute_in_process(instance=instance, asset_selection=INGEST)
     keys = instance.get_dynamic_partitions(shards_partitions.name)
     done = instance.get_materialized_partitions(dg.AssetKey("image_shards"))
-    for key in [k for k in keys if k not in done]:
-        job.execute_in_process(instance=instance, asset_selection=DOWNLOAD, partition_key=key)
+    per_run = shards_per_run(defs.resolve_assets_def("image_shards"))
+    for first, last in partition_ranges(keys, {k for k in keys if k not in done}, per_run):
+        job.execute_in_process(instance=instance, asset_selection=DOWNLOAD, tags=range_tags(first, last))
     result = job.execute_in_process(instance=instance, asset_selection=PUBLISH, raise_on_error=False)
     failed = sorted(e.check_name for e in result.get_asset_check_evaluations() if not e.passed)
     verified = result.asset_materializations_for_node("dataset_verification")

@@ -21,12 +21,12 @@ import threading
 import time
 import types
 from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from dataset_assets.engine.options import DownloadOptions
+from dataset_assets.engine.reader import InputShard
 from dataset_assets.engine.records import FetchTask, SampleResult, shard_name
 from dataset_assets.engine.resume import previous_successes
 from dataset_assets.engine.stats import ShardStats
@@ -37,14 +37,6 @@ from dataset_assets.engine.writers import ShardWriter, stats_name
 TASK_CHUNK = 16
 RESULT_POLL_S = 0.5
 JOIN_TIMEOUT_S = 5.0
-
-
-@dataclass
-class InputShard:
-    """A shard's input rows: a ``url`` column plus caption / additional columns."""
-
-    shard_id: int
-    table: pa.Table
 
 
 def is_shard_complete(output: OutputFolder, shard_id: int, options: DownloadOptions) -> bool:
@@ -252,10 +244,22 @@ def _task_chunks(
         ]
 
 
+def download_shards(
+    shards: Iterable[InputShard], output_folder: str | OutputFolder, options: DownloadOptions
+) -> Iterator[ShardStats]:
+    """Download several shards through one pool of their own, yielding stats as each commits.
+
+    The API a multi-shard Dagster run calls: the pool starts once, and each shard's slowest
+    requests overlap the next shard's first ones. ``shards`` is consumed lazily (a generator
+    may read each shard's input only when the pool gets to it).
+    """
+    with DownloadPool(options, output_folder) as pool:
+        yield from pool.run(shards)
+
+
 def download_shard(
     rows: pa.Table, output_folder: str | OutputFolder, options: DownloadOptions, shard_id: int = 0
 ) -> ShardStats:
-    """Download one shard with a pool of its own (the API the Dagster asset calls)."""
-    with DownloadPool(options, output_folder) as pool:
-        (stats,) = list(pool.run([InputShard(shard_id, rows)]))
+    """Download one shard with a pool of its own."""
+    (stats,) = list(download_shards([InputShard(shard_id, rows)], output_folder, options))
     return stats
