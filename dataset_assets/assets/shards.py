@@ -30,12 +30,12 @@ def image_shards(
 ) -> dg.MaterializeResult:
     """Fetch, resize and write shards (tar + parquet + stats), one partition per shard.
 
-    A run may cover several partitions (backfills group up to the spec's ``shards_per_run``,
-    which ``build_defs`` sets as the BackfillPolicy): they share
-    one worker pool, so Dagster's start-up and the pool's are paid once, and each shard's
-    slowest requests overlap the next one's. Every partition still gets its own metadata.
-    A shard already complete on disk is reported, not downloaded again (unless
-    ``overwrite``), so a backfill over all partitions doubles as a cheap "resume what is missing".
+    A run may cover several partitions (a backfill groups up to the spec's ``shards_per_run``,
+    which ``build_defs`` makes the BackfillPolicy). They share one worker pool, so Dagster's
+    start-up and the pool's are paid once and each shard's slowest requests overlap the next
+    one's; every partition still gets its own metadata. A shard already complete on disk is
+    reported, not downloaded again (unless ``overwrite``), so a backfill over all partitions
+    doubles as a cheap "resume what is missing".
     """
     spec = dataset.spec()
     options = spec.download_options()
@@ -53,17 +53,19 @@ def image_shards(
             todo.append(shard_id)
 
     def inputs() -> Iterator[InputShard]:
-        for shard_id in todo:  # read lazily: one shard's rows at a time, as the pool gets to it
+        # Consumed by the pool's feeder thread, lazily: one shard's rows at a time.
+        for shard_id in todo:
             name = shard_name(shard_id, spec.oom_shard_count)
-            rows = read_parquet(posixpath.join(spec.shard_inputs_folder, f"{name}.parquet"), storage_options)
-            context.log.info(
-                f"downloading shard {name}: {rows.num_rows} rows, {options.processes_count} processes"
-            )
-            yield InputShard(shard_id, rows)
+            path = posixpath.join(spec.shard_inputs_folder, f"{name}.parquet")
+            yield InputShard(shard_id, read_parquet(path, storage_options))
 
     if todo:
+        names = ", ".join(keys[shard_id] for shard_id in todo)
+        context.log.info(f"downloading shard(s) {names} with {options.processes_count} processes")
         for stats in download_shards(inputs(), output, options):
-            context.add_asset_metadata(shard_metadata(stats), partition_key=keys[stats.shard_id])
+            key = keys[stats.shard_id]
+            context.log.info(f"shard {key}: {stats.successes}/{stats.count} images in {stats.duration:.1f}s")
+            context.add_asset_metadata(shard_metadata(stats), partition_key=key)
     return dg.MaterializeResult()
 
 

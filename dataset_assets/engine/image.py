@@ -10,7 +10,8 @@ common case of a JPEG shrunk to a few hundred pixels:
   dimensions and the reduced image is resampled onto the exact same grid, so sizes are
   identical to a full decode's and pixels within ~36-50 dB PSNR of it;
 * big area-downscales of other sources halve first through OpenCV's exact 2:1 fast path;
-* Lanczos and uneven area resizes run in float32, where OpenCV's code is vectorised;
+* Lanczos and uneven area resizes run in float32, where OpenCV's code is vectorised, and for
+  a JPEG (4:2:0) Lanczos filters luma only;
 * EXIF orientation is applied after the resize, where the image is smallest.
 
 The output geometry reproduces img2dataset 1.47.0 (albumentations < 2) to the pixel. Where
@@ -24,7 +25,7 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -80,6 +81,9 @@ _FLOAT_RESAMPLE_LIMIT = 12_000_000  # values (pixels x channels): a 48 MB float3
 # A bounding box coordinate this far outside [0, 1] is not a relative coordinate (most likely
 # pixels); anything closer is detector jitter at the image edge and is clamped.
 _BBOX_SLACK = 0.1
+
+
+Resample = Callable[[np.ndarray, tuple[int, int], int], np.ndarray]
 
 
 class ImageRejected(Exception):
@@ -151,6 +155,8 @@ class ImageProcessor:
         self._skip_reencode = options.skip_reencode
         self._encode_format = options.encode_format
         self._reduced_decode = reduced_decode
+        # OpenCV's JPEG encoder keeps one chroma sample per 2x2 pixels (4:2:0): see _resample_luma.
+        self._resample: Resample = _resample_luma if options.encode_format == "jpg" else _resample
         self._ext = "." + options.encode_format
         quality = options.encode_quality
         if options.encode_format == "jpg":
@@ -190,6 +196,7 @@ class ImageProcessor:
                 raise ImageRejected(DECODING_ERROR)
             return ProcessedImage(bytes(raw), width, height, width, height, exif)
 
+        resample = self._resample
         try:
             image, factor = self._decode(raw, header, plan, transposed)
             full_w, full_h = header.width, header.height
@@ -200,7 +207,7 @@ class ImageProcessor:
                 self._check_geometry(width, height)
                 plan = self._plan(width, height)
             need_w, need_h = (plan.height, plan.width) if transposed else (plan.width, plan.height)
-            image = self._resize(image, factor, full_w, full_h, need_w, need_h, plan.interpolation)
+            image = self._resize(image, factor, full_w, full_h, need_w, need_h, plan.interpolation, resample)
             if header.orientation != 1:
                 image = _orient(image, header.orientation)
             if boxes:
@@ -295,6 +302,7 @@ class ImageProcessor:
         need_w: int,
         need_h: int,
         interpolation: int,
+        resample: Resample,
     ) -> np.ndarray:
         """Bring an image decoded at 1/factor of full_w x full_h to need_w x need_h (stored axes)."""
         if factor == 1 and image.shape[:2] == (need_h, need_w):
@@ -312,11 +320,11 @@ class ImageProcessor:
                 )
                 factor *= 2
         if factor == 1:
-            return _resample(image, (need_w, need_h), interpolation)
+            return resample(image, (need_w, need_h), interpolation)
         fit_w = _fit_axis(full_w, factor, need_w, 0.0)
         fit_h = _fit_axis(full_h, factor, need_h, 0.0)
         if fit_w is None or fit_h is None:  # unreachable: the factor was chosen because both fit
-            return _resample(image, (need_w, need_h), interpolation)
+            return resample(image, (need_w, need_h), interpolation)
         # The reduced image covers ceil(full / factor) pixels, the last one only partly, so a
         # plain resize would stretch the picture by up to half an output pixel. Resample the
         # exact extent instead: crop or edge-pad to src pixels, resize to out, keep the first need.
@@ -328,7 +336,7 @@ class ImageProcessor:
                 image, 0, max(0, src_h - have_h), 0, max(0, src_w - have_w), cv2.BORDER_REPLICATE
             )
         if (src_w, src_h) != (out_w, out_h):
-            image = _resample(image, (out_w, out_h), interpolation)
+            image = resample(image, (out_w, out_h), interpolation)
         return image[:need_h, :need_w]
 
     def _exif_column(self, header: _Header) -> str | None:
@@ -479,6 +487,25 @@ def _resample(image: np.ndarray, size: tuple[int, int], interpolation: int) -> n
     if interpolation == cv2.INTER_LANCZOS4:  # overshoots below 0, and convertScaleAbs takes |x|
         cv2.threshold(result, 0.0, 0.0, cv2.THRESH_TOZERO, dst=result)
     return cv2.convertScaleAbs(result)
+
+
+def _resample_luma(image: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    """_resample for a JPEG destination: Lanczos on luma only, bicubic on chroma.
+
+    The JPEG encoder converts to YCbCr and averages chroma over 2x2 pixels (4:2:0), so the extra
+    sharpness Lanczos gives chroma over bicubic is mostly averaged away, while filtering one
+    channel instead of three is what Lanczos costs. On the bench corpus's thumbnails, after the
+    jpg q95 encode: 0.51 vs 0.82 ms per upscale, 46.7 dB mean PSNR (p5 45.3, min 44.2) against
+    Lanczos on every channel. Other filters and other images go to _resample unchanged.
+    """
+    if interpolation != cv2.INTER_LANCZOS4 or image.ndim != 3 or image.size > _FLOAT_RESAMPLE_LIMIT:
+        return _resample(image, size, interpolation)
+    ycrcb = cv2.cvtColor(image, cv2.COLOR_BGR2YCrCb)
+    luma = cv2.resize(cv2.extractChannel(ycrcb, 0).astype(np.float32), size, interpolation=interpolation)
+    cv2.threshold(luma, 0.0, 0.0, cv2.THRESH_TOZERO, dst=luma)
+    result = cv2.resize(ycrcb, size, interpolation=cv2.INTER_CUBIC)
+    result = cv2.insertChannel(cv2.convertScaleAbs(luma), result, 0)
+    return cv2.cvtColor(result, cv2.COLOR_YCrCb2BGR, dst=result)
 
 
 def _integer_shrink(shape: tuple[int, ...], size: tuple[int, int]) -> bool:

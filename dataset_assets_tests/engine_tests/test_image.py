@@ -400,6 +400,45 @@ def test_area_pre_shrink_matches_direct_area_resize(size_in: tuple[int, int]) ->
     assert psnr(out, reference) >= 40
 
 
+# ------------------------------------------------------------ resample paths
+def _upscale_reference(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return cv2.resize(image, size, interpolation=cv2.INTER_LANCZOS4)
+
+
+def _jpeg_round_trip(image: np.ndarray) -> np.ndarray:
+    raw = cv_encode(image, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+
+
+def test_lanczos_upscale_matches_opencv_up_to_rounding() -> None:
+    image = textured(150, 200, seed=11)  # keep_ratio 256: a 1.71x upscale to 341x256
+    out = decode(processor(resize_mode="keep_ratio", encode_format="png").process(cv_encode(image)))
+    reference = _upscale_reference(image, (341, 256))
+    assert out.shape == reference.shape
+    assert np.abs(out.astype(int) - reference).max() <= 1
+
+
+def test_lanczos_upscale_into_jpeg_filters_luma_and_stays_close() -> None:
+    image = textured(150, 200, seed=12)
+    out = decode(processor(resize_mode="keep_ratio", encode_format="jpg").process(cv_encode(image)))
+    reference = _jpeg_round_trip(_upscale_reference(image, (341, 256)))
+    assert psnr(out, reference) >= 40
+    # Luma went through Lanczos, not bicubic: the luma error is smaller than bicubic's.
+    bicubic = _jpeg_round_trip(cv2.resize(image, (341, 256), interpolation=cv2.INTER_CUBIC))
+
+    def luma(x: np.ndarray) -> np.ndarray:
+        return cv2.cvtColor(x, cv2.COLOR_BGR2YCrCb)[:, :, 0]
+
+    assert psnr(luma(out), luma(reference)) > psnr(luma(bicubic), luma(reference))
+
+
+def test_uneven_area_shrink_is_identical_to_opencv() -> None:
+    image = textured(300, 457, seed=13)  # 1.17:1 shrink: no halving, no reduced decode (PNG)
+    out = decode(processor(resize_mode="keep_ratio", encode_format="png").process(cv_encode(image)))
+    reference = cv2.resize(image, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(out, reference)
+
+
 # ---------------------------------------------------------------- rejections
 def test_header_bomb_is_rejected_without_decoding() -> None:
     ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
