@@ -14,7 +14,6 @@ from dataset_assets.engine.stats import ShardStats
 from dataset_assets.engine.storage import OutputFolder, read_parquet
 from dataset_assets.partitions import shards_partitions
 from dataset_assets.resources import DatasetResource, spec_storage_options
-from dataset_assets.spec import SHARDS_PER_RUN
 
 
 @dg.asset(
@@ -23,7 +22,6 @@ from dataset_assets.spec import SHARDS_PER_RUN
     deps=[url_shards],
     kinds={"python", "parquet"},
     automation_condition=dg.AutomationCondition.on_missing(),
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SHARDS_PER_RUN),
 )
 def image_shards(
     context: dg.AssetExecutionContext, dataset: DatasetResource, s3: S3Resource
