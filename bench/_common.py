@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import ipaddress
 import json
 import math
 import multiprocessing
@@ -90,17 +91,67 @@ def corpus_stats(folder: Path, n: int) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------- server, URL list
-def start_server(corpus: Path, hosts: int, latency: tuple[float, float], lifetime_s: float) -> Any:
-    """The loopback image server in a separate process, on ``hosts`` addresses 127.0.0.1.. ."""
+def start_server(
+    corpus: Path, hosts: int, latency: tuple[float, float], lifetime_s: float, processes: int = 1
+) -> ServerGroup:
+    """The loopback image server: ``processes`` server processes sharing ``hosts`` addresses
+    127.0.0.1.. between them (one process serves a few thousand requests/s: a many-core run
+    needs several, or the server is what gets measured)."""
     from dataset_assets.demo.server import ServerConfig, serve_in_subprocess
 
-    config = ServerConfig(
-        latency_s=latency, extra_hosts=hosts - 1, max_lifetime_s=lifetime_s, max_recorded_paths=100
-    )
-    return serve_in_subprocess(root=corpus, config=config)
+    processes = max(1, min(processes, hosts))
+    servers = []
+    try:
+        first = 0
+        for k in range(processes):
+            count = hosts // processes + (1 if k < hosts % processes else 0)
+            config = ServerConfig(
+                latency_s=latency,
+                host=str(ipaddress.IPv4Address("127.0.0.1") + first),
+                extra_hosts=count - 1,
+                max_lifetime_s=lifetime_s,
+                max_recorded_paths=100,
+            )
+            servers.append(serve_in_subprocess(root=corpus, config=config))
+            first += count
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return ServerGroup(servers)
 
 
-def write_url_list(path: Path, server: Any, n: int, corpus_size: int | None = None) -> None:
+class ServerGroup:
+    """Several image server processes seen as one: each host address belongs to one of them."""
+
+    def __init__(self, servers: Sequence[Any]) -> None:
+        self.servers = list(servers)
+        self._by_host = {host: server for server in self.servers for host in server.hosts}
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(self._by_host)
+
+    @property
+    def pids(self) -> list[int]:
+        return [server.process.pid for server in self.servers]
+
+    def url(self, name: str, host: str) -> str:
+        return self._by_host[host].url(name, host)
+
+    def describe(self) -> str:
+        ports = sorted({server.port for server in self.servers})
+        return (
+            f"{len(self.servers)} process(es) (pids {', '.join(map(str, self.pids))}), hosts "
+            f"{self.hosts[0]}..{self.hosts[-1]}, port(s) {', '.join(map(str, ports))}"
+        )
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def write_url_list(path: Path, server: ServerGroup, n: int, corpus_size: int | None = None) -> None:
     """A LAION-like parquet (URL, TEXT) whose rows are spread round-robin over the server's hosts.
 
     With ``corpus_size`` < n, rows reuse the corpus's images under distinct URLs (a query
@@ -268,14 +319,14 @@ def run_measured(
     env: dict[str, str],
     timeout_s: float,
     cwd: str | None = None,
-    server_pid: int | None = None,
+    server_pids: Sequence[int] = (),
 ) -> RunResult:
     """Run ``cmd`` to completion (or kill its whole session at ``timeout_s``) and measure it.
 
-    ``server_pid``: also report how much CPU the image server spent meanwhile (it shares the cores).
+    ``server_pids``: also report how much CPU the image server spent meanwhile (it shares the cores).
     """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_before = process_cpu_s(server_pid) if server_pid else 0.0
+    server_before = sum(process_cpu_s(pid) for pid in server_pids)
     busy_before = machine_busy_s()
     started = time.monotonic()
     log_path = Path(env.get("BENCH_LOG_DIR", "/tmp")) / f"bench-{label}-{os.getpid()}.log"
@@ -299,7 +350,7 @@ def run_measured(
                 os.killpg(proc.pid, signal.SIGKILL)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    server_cpu = process_cpu_s(server_pid) - server_before if server_pid else 0.0
+    server_cpu = sum(process_cpu_s(pid) for pid in server_pids) - server_before
     foreign = max(0.0, machine_busy_s() - busy_before - cpu - server_cpu)
     tail = log_path.read_text(errors="replace")[-3000:]
     log_path.unlink(missing_ok=True)

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                     cmd = [sys.executable, "-c", ENGINE_ALONE, str(spec), str(args.shards)]
                 env["BENCH_LOG_DIR"] = str(work)
                 result = run_measured(
-                    f"{variant}{round_no}", cmd, env, args.run_timeout, server_pid=server.process.pid
+                    f"{variant}{round_no}", cmd, env, args.run_timeout, server_pids=server.pids
                 )
                 result.stats = read_stats(out)
                 results[variant].append(result)

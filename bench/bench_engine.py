@@ -90,12 +90,19 @@ SHARED = {
     "upscale_interpolation": "lanczos",
     "compute_hash": "sha256",
     "extract_exif": "True",
-    "number_sample_per_shard": str(SHARD_ROWS),
 }
 
 
-def ours_cmd(urls: Path, out: Path, processes: int, tuning: dict[str, str]) -> list[str]:
-    options = {**SHARED, "processes_count": str(processes), "allow_private_addresses": "True", **tuning}
+def ours_cmd(
+    urls: Path, out: Path, processes: int, tuning: dict[str, str], shard_rows: int = SHARD_ROWS
+) -> list[str]:
+    options = {
+        **SHARED,
+        "number_sample_per_shard": str(shard_rows),
+        "processes_count": str(processes),
+        "allow_private_addresses": "True",
+        **tuning,
+    }
     cmd = [sys.executable, "-m", "dataset_assets.cli", "download", "--url_list", str(urls)]
     cmd += ["--output_folder", str(out), "--no_progress"]
     for name, value in options.items():
@@ -103,9 +110,12 @@ def ours_cmd(urls: Path, out: Path, processes: int, tuning: dict[str, str]) -> l
     return cmd
 
 
-def img2dataset_cmd(venv: Path, urls: Path, out: Path, processes: int, threads: int) -> list[str]:
+def img2dataset_cmd(
+    venv: Path, urls: Path, out: Path, processes: int, threads: int, shard_rows: int = SHARD_ROWS
+) -> list[str]:
     options = {
         **SHARED,
+        "number_sample_per_shard": str(shard_rows),
         "processes_count": str(processes),
         "thread_count": str(threads),
         "timeout": "10",
@@ -272,7 +282,7 @@ def quality_report(
     stored = {label: _tar_images(folder, wanted) for label, folder in folders.items()}
     scores: dict[str, list[float]] = {label: [] for label in folders}
     for key in keys:
-        name = our_rows[key]["url"].rsplit("/", 1)[-1]
+        name = our_rows[key]["url"].rsplit("/", 1)[-1].split("?", 1)[0]  # ?copy=N reuses an image
         raw = (corpus / name).read_bytes()
         reference = decode(encode_jpg(reference_image(raw, IMAGE_SIZE), QUALITY))
         for label in folders:
@@ -341,7 +351,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img2dataset-spec", default="img2dataset", help="pip requirement to install")
     parser.add_argument("--skip-img2dataset", action="store_true")
     parser.add_argument("--variants", default="abc", help="which of a, b, c to run (default abc)")
+    parser.add_argument("--shard-rows", type=int, default=SHARD_ROWS, help="number_sample_per_shard")
     parser.add_argument("--hosts", type=int, default=32, help="loopback addresses the URLs spread over")
+    parser.add_argument(
+        "--server-processes", type=int, default=1, help="image server processes sharing the hosts"
+    )
+    parser.add_argument(
+        "--corpus-images",
+        type=int,
+        default=None,
+        help="distinct images (default --images); a longer URL list reuses them under distinct URLs",
+    )
     parser.add_argument("--latency", type=float, nargs=2, default=(0.05, 0.1), metavar=("LOW", "HIGH"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="corpus cache folder")
@@ -367,14 +387,15 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {cores} cores; {args.images} images, {args.rounds} round(s), {args.hosts} hosts, "
         f"latency {args.latency[0]:g}-{args.latency[1]:g}s, processes_count {args.processes}"
     )
-    if args.images % (args.processes * SHARD_ROWS):
+    if args.images % (args.processes * args.shard_rows):
         print(
-            f"note: {args.images} is not a multiple of processes x {SHARD_ROWS}: img2dataset runs one "
+            f"note: {args.images} is not a multiple of processes x {args.shard_rows}: img2dataset runs one "
             "shard per process and will have idle processes (unfair to it)"
         )
 
-    corpus = ensure_corpus(args.images, args.seed, args.cache)
-    mean_kb, total_mb = corpus_stats(corpus, args.images)
+    corpus_size = min(args.corpus_images or args.images, args.images)
+    corpus = ensure_corpus(corpus_size, args.seed, args.cache)
+    mean_kb, total_mb = corpus_stats(corpus, corpus_size)
     print(f"corpus: {corpus} ({mean_kb:.1f} KB mean, {total_mb:.0f} MB)")
 
     variants = [v for v in "abc" if v in args.variants]
@@ -402,13 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     results: dict[str, list[RunResult]] = {v: [] for v in variants}
     outputs: dict[str, Path] = {}
-    server = start_server(corpus, args.hosts, tuple(args.latency), lifetime)
+    server = start_server(corpus, args.hosts, tuple(args.latency), lifetime, args.server_processes)
     try:
-        write_url_list(urls, server, args.images)
-        print(
-            f"server: pid {server.process.pid}, hosts {server.hosts[0]}..{server.hosts[-1]}, "
-            f"port {server.port}"
-        )
+        write_url_list(urls, server, args.images, corpus_size=corpus_size)
+        print(f"server: {server.describe()}")
         for round_no in range(1, args.rounds + 1):
             for variant in variants:
                 out = workdir / f"out_{variant}"
@@ -416,20 +434,25 @@ def main(argv: list[str] | None = None) -> int:
                 if variant == "b":
                     assert i2d_version is not None
                     cmd = img2dataset_cmd(
-                        args.img2dataset_venv, urls, out, args.processes, args.img2dataset_threads
+                        args.img2dataset_venv,
+                        urls,
+                        out,
+                        args.processes,
+                        args.img2dataset_threads,
+                        args.shard_rows,
                     )
                 elif variant == "a":
                     tuning = {"thread_count": str(args.ours_threads), "timeout": "10", "retries": "0"}
                     if args.ours_per_host:
                         tuning["max_connections_per_host"] = str(args.ours_per_host)
-                    cmd = ours_cmd(urls, out, args.processes, tuning)
+                    cmd = ours_cmd(urls, out, args.processes, tuning, args.shard_rows)
                 else:
-                    cmd = ours_cmd(urls, out, args.processes, {})
+                    cmd = ours_cmd(urls, out, args.processes, {}, args.shard_rows)
                 best: RunResult | None = None
                 for attempt in range(args.retry_disturbed + 1):
                     shutil.rmtree(out, ignore_errors=True)
                     result = run_measured(
-                        f"{variant}{round_no}", cmd, env, args.run_timeout, server_pid=server.process.pid
+                        f"{variant}{round_no}", cmd, env, args.run_timeout, server_pids=server.pids
                     )
                     result.stats = read_stats(out)
                     _report(round_no, labels[variant], result)
@@ -494,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         rows,
     )
-    if "b" in summary:
+    if summary.get("b", {}).get("images_per_s"):
         base = summary["b"]["images_per_s"]
         for variant in ("a", "c"):
             if variant in summary:
@@ -509,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
     print("\n== CPU ceiling (ImageProcessor.process in one process: probe, exif, decode, resize, encode) ==")
-    ceiling = cpu_ceiling(corpus, args.images, args.ceiling_sample, cores)
+    ceiling = cpu_ceiling(corpus, corpus_size, args.ceiling_sample, cores)
     total = ceiling["per_core"] * cores
     print(
         f"  {ceiling['per_core']:.0f} img/s per core ({ceiling['ms_per_image']:.2f} ms/img over "
