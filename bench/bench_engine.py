@@ -20,16 +20,19 @@ What it does:
    and measures wall time, images/s (successes / wall, process start-up included), CPU seconds
    per image (user + sys of the whole process tree) and the peak RSS of the largest process;
 5. measures the CPU ceiling: our ImageProcessor on the same images in this process, one core,
-   times the number of cores;
+   times the number of cores; and the reference pipeline's (below), which does not move when
+   our image code gets faster;
 6. checks output quality: PSNR of our stored images (and img2dataset's) against a reference
    pipeline (full decode, albumentations' keep_ratio geometry, area down / lanczos up, jpg q95),
    whether every image decodes to its recorded size, and whether our (width, height) equal
    img2dataset's for every key.
 
 Shared options: webdataset, image_size 256, keep_ratio, jpg q95, area down / lanczos up,
-processes_count 2, sha256, exif, number_sample_per_shard 10000, timeout 10, retries 0. Use a
-multiple of processes_count x 10 000 images: img2dataset runs one shard per process, so fewer
-shards than processes would leave its cores idle.
+processes_count 2, sha256, exif, number_sample_per_shard 10000 (``--shard-rows``), timeout 10,
+retries 0. Use a multiple of processes_count x shard rows: img2dataset runs one shard per
+process, so fewer shards than processes would leave its cores idle. On many cores, add
+``--server-processes`` (one server process serves a few thousand requests/s) and
+``--corpus-images`` (a long list reuses fewer distinct images).
 """
 
 from __future__ import annotations
