@@ -278,9 +278,12 @@ class RunResult:
     def images_per_s(self) -> float:
         return self.successes / self.wall_s if self.wall_s > 0 else 0.0
 
+    def _ms_per_image(self, cpu_s: float) -> float:
+        return 1000 * cpu_s / self.successes if self.successes else math.nan
+
     @property
     def cpu_ms_per_image(self) -> float:
-        return 1000 * self.cpu_s / self.successes if self.successes else math.nan
+        return self._ms_per_image(self.cpu_s)
 
     @property
     def foreign_cores(self) -> float:
@@ -289,11 +292,11 @@ class RunResult:
 
     @property
     def parent_ms_per_image(self) -> float:
-        return 1000 * self.parent_cpu_s / self.successes if self.successes else math.nan
+        return self._ms_per_image(self.parent_cpu_s)
 
     @property
     def server_ms_per_image(self) -> float:
-        return 1000 * self.server_cpu_s / self.successes if self.successes else math.nan
+        return self._ms_per_image(self.server_cpu_s)
 
 
 def machine_busy_s() -> float:
