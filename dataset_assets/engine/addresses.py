@@ -12,7 +12,7 @@ import ipaddress
 import socket
 
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
+from aiohttp.resolver import AsyncResolver, DefaultResolver
 
 # Host names of cloud metadata endpoints; their addresses are link-local anyway, but a
 # resolver could map them elsewhere, so they are refused by name too.
@@ -59,11 +59,20 @@ def check_host(host: str, allow_private: bool) -> None:
         raise AddressRefused(reason)
 
 
+def _inner_resolver() -> AbstractResolver:
+    """c-ares (aiodns) where installed: lookups on the event loop, not on a small thread pool
+    per process (a long tail of names spends tens of milliseconds per cold lookup)."""
+    try:
+        return AsyncResolver()
+    except RuntimeError:  # aiodns missing
+        return DefaultResolver()
+
+
 class SafeResolver(AbstractResolver):
     """Wraps aiohttp's resolver and drops every address we may not contact."""
 
     def __init__(self, allow_private: bool) -> None:
-        self._inner = DefaultResolver()
+        self._inner = _inner_resolver()
         self._allow_private = allow_private
 
     async def resolve(

@@ -10,10 +10,12 @@ hop is re-checked (scheme, address, loop).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import itertools
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -23,7 +25,7 @@ from yarl import URL
 from dataset_assets import __version__
 from dataset_assets.engine.addresses import AddressRefused, SafeResolver, check_host
 from dataset_assets.engine.options import DownloadOptions
-from dataset_assets.engine.politeness import HostPoliteness, HostRefused
+from dataset_assets.engine.politeness import HostPoliteness, HostRefused, host_key
 from dataset_assets.engine.robots import MAX_ROBOTS_BYTES, RobotsRules, parse_robots
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -33,6 +35,14 @@ MAX_RETRY_AFTER_S = 60.0
 READ_CHUNK = 64 * 1024
 ROBOTS_TIMEOUT_S = 10.0
 ROBOTS_MAX_REDIRECTS = 5  # RFC 9309 §2.3.1.2
+ROBOTS_RETRY_S = 30.0  # an unavailable robots.txt is asked again after this long (not per row)
+# A throttled row with a Retry-After is retried this many times after the wait, on top of retries.
+MAX_THROTTLED_RETRIES = 3
+# What one worker holds in bodies (in flight and waiting for the image stage); see RequestWindow.
+MAX_HELD_BODY_BYTES = 96 * 1024 * 1024
+INITIAL_MEAN_BODY_BYTES = 1024 * 1024
+MEAN_BODY_WEIGHT = 0.05
+MIN_REQUESTS_IN_FLIGHT = 4
 PRODUCT_TOKEN = "dataset-assets"
 
 T = TypeVar("T")
@@ -132,6 +142,53 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class RequestWindow:
+    """What bounds one worker's memory: requests in flight and body bytes not yet handed on.
+
+    Why adaptive: 256 requests of 50 KB JPEGs hold 13 MB, 256 of 8 MB PNGs would hold 2 GB. The
+    number in flight is capped so that, at the running mean body size, bodies in flight plus
+    bodies waiting for the image stage stay within ``max_bytes``. Waiting here happens before a
+    request's deadline starts, like waiting for a host's turn.
+    """
+
+    def __init__(self, max_requests: int, max_bytes: int) -> None:
+        self._max_requests = max_requests
+        self._max_bytes = max_bytes
+        self._in_flight = 0
+        self._held_bytes = 0
+        self._mean_body = float(INITIAL_MEAN_BODY_BYTES)
+        self._changed = asyncio.Condition()
+
+    def _has_room(self) -> bool:
+        room = self._max_bytes - self._held_bytes
+        limit = min(self._max_requests, max(MIN_REQUESTS_IN_FLIGHT, int(room // self._mean_body)))
+        return self._in_flight < limit and self._held_bytes < self._max_bytes
+
+    @contextlib.asynccontextmanager
+    async def request(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(self._has_room)
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            await self._notify()
+
+    def hold(self, size: int) -> None:
+        """A body of ``size`` bytes was read and waits for the image stage."""
+        self._held_bytes += size
+        self._mean_body += (max(size, 1) - self._mean_body) * MEAN_BODY_WEIGHT
+
+    async def release(self, size: int) -> None:
+        self._held_bytes -= size
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+
 class Fetcher:
     """Downloads URLs within one event loop; create and use it inside a worker process."""
 
@@ -139,17 +196,23 @@ class Fetcher:
         self._options = options
         self._session: aiohttp.ClientSession | None = None
         self._disallowed = tuple(d.lower() for d in options.disallowed_header_directives)
-        self._hosts = HostPoliteness(options.requests_per_second_per_host, options.host_failure_limit)
-        self._robots: dict[str, asyncio.Future[RobotsRules]] = {}
+        self._hosts = HostPoliteness(
+            options.max_connections_per_host, options.requests_per_second_per_host, options.host_failure_limit
+        )
+        self.window = RequestWindow(options.thread_count, MAX_HELD_BODY_BYTES)
+        self._robots: dict[str, tuple[float, asyncio.Future[RobotsRules]]] = {}
         tokens = (options.user_agent_token, PRODUCT_TOKEN) if options.user_agent_token else (PRODUCT_TOKEN,)
         self._product_tokens = tuple(t.lower() for t in tokens)
 
     async def __aenter__(self) -> Fetcher:
         options = self._options
         connector = aiohttp.TCPConnector(
-            limit=options.thread_count,
+            # The host budget and the request window bound connections before a request's
+            # deadline starts; the connector's own per-host cap is only a safety net for
+            # redirects to other hosts (a wait inside it would count against the deadline).
+            limit=0,
             limit_per_host=options.max_connections_per_host,
-            ttl_dns_cache=300,
+            ttl_dns_cache=None,  # one lookup per name per run (its rows all come to this worker)
             use_dns_cache=True,
             resolver=SafeResolver(options.allow_private_addresses),
             enable_cleanup_closed=True,
@@ -168,24 +231,48 @@ class Fetcher:
             await self._session.close()
 
     async def fetch(self, url: str) -> FetchedBody:
-        """Fetch with retries on transient failures only, minding the host's backoff window."""
-        host = _origin(url)
-        attempts = self._options.retries + 1
-        for attempt in range(attempts):
+        """Fetch one image: robots.txt, then the host's turn, then the request under its deadline.
+
+        Retries transient failures ``retries`` times; a throttled answer with a Retry-After we
+        can honour is retried after that delay whatever ``retries`` says (the site asked us to
+        come back, it did not fail). The returned body is held in :attr:`window` until the
+        caller releases it.
+        """
+        host = host_key(url)
+        retries_left = self._options.retries
+        comebacks_left = MAX_THROTTLED_RETRIES
+        for attempt in itertools.count():
             try:
-                await self._hosts.wait_turn(host)
+                first = _checked_url(url, self._options.allow_private_addresses)
+                if self._options.respect_robots_txt:
+                    await self._check_robots(first)
+                async with self._hosts.turn(host), self.window.request():
+                    self._hosts.check(host)
+                    body = await self._with_deadline(
+                        self._options.timeout, self._follow(first, self._read_image)
+                    )
+                    self.window.hold(len(body.data))
             except HostRefused as refusal:
                 raise FetchError(str(refusal)) from None
-            try:
-                body = await self._with_deadline(self._options.timeout, self._follow(url, self._read_image))
+            except AddressRefused as error:
+                raise FetchError(str(error)) from None
             except FetchError as error:
                 if error.throttled:
                     self._hosts.throttled(host, error.retry_after)
                 elif error.host_failure:
                     self._hosts.failed(host, str(error))
-                if not error.transient or attempt == attempts - 1:
+                if (
+                    error.throttled
+                    and error.retry_after is not None
+                    and error.retry_after <= MAX_RETRY_AFTER_S
+                    and comebacks_left > 0
+                ):
+                    comebacks_left -= 1  # the wait happens in the host's turn (not_before)
+                    continue
+                if not error.transient or retries_left == 0:
                     raise
-                if not error.throttled:  # a throttled host's wait happens in wait_turn
+                retries_left -= 1
+                if not error.throttled:  # a throttled host's wait happens in its turn
                     await asyncio.sleep(min(0.5 * 2**attempt, 8.0) * (0.5 + random.random()))
                 continue
             self._hosts.succeeded(host)
@@ -221,27 +308,22 @@ class Fetcher:
 
     async def _follow(
         self,
-        url: str,
+        first: URL,
         read: Callable[[aiohttp.ClientResponse, URL], Awaitable[T]],
         max_redirects: int | None = None,
         check_robots: bool = True,
     ) -> T:
-        """GET ``url``, following redirects by hand: every hop is checked like the first."""
+        """GET ``first`` (already checked), following redirects by hand: each hop is checked too."""
         assert self._session is not None
         options = self._options
         limit = options.max_redirects if max_redirects is None else max_redirects
-        current = URL(url, encoded=False) if url else URL()
+        current = first
         seen: set[str] = set()
-        for _hop in range(limit + 1):
-            if current.scheme not in ("http", "https"):
-                raise FetchError(
-                    f"unsupported URL scheme {current.scheme!r}: only http and https are fetched"
-                )
-            if not current.host:
-                raise FetchError("invalid URL: no host")
-            check_host(current.host, options.allow_private_addresses)
-            if check_robots and options.respect_robots_txt:
-                await self._check_robots(current)
+        for hop in range(limit + 1):
+            if hop:
+                current = _checked_url(current, options.allow_private_addresses)
+                if check_robots and options.respect_robots_txt:
+                    await self._check_robots(current)
             seen.add(str(current))
             async with self._session.get(current, allow_redirects=False) as response:
                 if response.status in REDIRECT_STATUSES:
@@ -276,11 +358,20 @@ class Fetcher:
 
     async def _check_robots(self, url: URL) -> None:
         origin = _origin(url)
-        future = self._robots.get(origin)
-        if future is None:
-            future = self._robots[origin] = asyncio.ensure_future(self._load_robots(origin))
+        loaded = self._robots.get(origin)
+        if loaded is None or _expired(loaded):
+            loaded = self._robots[origin] = (
+                time.monotonic(),
+                asyncio.ensure_future(self._load_robots(origin)),
+            )
+        future = loaded[1]
         # shield: one request's deadline must not cancel the fetch that others wait for
         rules = future.result() if future.done() else await asyncio.shield(future)
+        if rules.unavailable_reason is not None:
+            # Not an opt-out: the site said nothing; the row fails for this run only.
+            raise FetchError(
+                f"robots.txt of {origin} unavailable ({rules.unavailable_reason}); not fetched, retry later"
+            )
         path = url.raw_path_qs or "/"
         rule = rules.blocking_rule(path)
         if rule is not None:
@@ -296,15 +387,17 @@ class Fetcher:
 
         seconds = min(self._options.timeout, ROBOTS_TIMEOUT_S)
         try:
+            first = _checked_url(f"{origin}/robots.txt", self._options.allow_private_addresses)
+            # No host turn: the origin's image rows all wait for this one request anyway.
             status, data = await self._with_deadline(
-                seconds, self._follow(f"{origin}/robots.txt", read, ROBOTS_MAX_REDIRECTS, check_robots=False)
+                seconds, self._follow(first, read, ROBOTS_MAX_REDIRECTS, check_robots=False)
             )
-        except FetchError as error:
+        except (FetchError, AddressRefused) as error:
             if str(error).startswith("too many redirects"):
                 return RobotsRules()  # RFC: may be treated as unavailable (4xx)
-            return RobotsRules(disallow_all_reason=f"robots.txt unreachable: {error}")
+            return RobotsRules(unavailable_reason=str(error))
         if status == 429 or status >= 500:
-            return RobotsRules(disallow_all_reason=f"robots.txt answered HTTP {status}")
+            return RobotsRules(unavailable_reason=f"HTTP {status}")
         if status >= 400:
             return RobotsRules()  # no robots.txt: everything allowed
         return parse_robots(data.decode("utf-8", errors="replace"), self._product_tokens)
@@ -327,6 +420,28 @@ class Fetcher:
         if declared is not None and size < declared and not truncate:
             raise FetchError(f"truncated body: got {size} of {declared} bytes", transient=True)
         return b"".join(chunks)
+
+
+def _checked_url(url: str | URL, allow_private: bool) -> URL:
+    """The URL to request, or FetchError/AddressRefused if it must not be requested at all."""
+    try:
+        parsed = url if isinstance(url, URL) else URL(url, encoded=False) if url else URL()
+    except ValueError as error:
+        raise FetchError(f"invalid URL: {error}") from None
+    if parsed.scheme not in ("http", "https"):
+        raise FetchError(f"unsupported URL scheme {parsed.scheme!r}: only http and https are fetched")
+    if not parsed.host:
+        raise FetchError("invalid URL: no host")
+    check_host(parsed.host, allow_private)
+    return parsed
+
+
+def _expired(loaded: tuple[float, asyncio.Future[RobotsRules]]) -> bool:
+    """An unavailable robots.txt is asked again after a while; a fetched one lasts the run."""
+    when, future = loaded
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return future.done()
+    return future.result().unavailable_reason is not None and time.monotonic() - when > ROBOTS_RETRY_S
 
 
 def _origin(url: str | URL) -> str:

@@ -1,15 +1,24 @@
-"""Per-host politeness for one worker process: backoff windows, rate limits, short-circuits.
+"""Per-host politeness: one budget per host for the whole run, and queues instead of timeouts.
 
-Connection caps per host are the connector's job (``max_connections_per_host``); this keeps
-the state that spans requests. All of it is per process: with ``processes_count`` workers a
-host sees at most that many times the per-process limits, which the README states.
+Why this lives in one worker process and is still "per run": the runner routes every row of a
+host to the same worker (:func:`worker_for`), so that worker's state *is* the run's state for
+the host: its connection cap, rate limit, backoff window and failure count are what the site
+sees from the whole run, whatever ``processes_count`` is.
+
+A row waits for its host's turn here, *before* its request deadline starts: waiting for our
+own politeness is queueing, never a timeout and never a host failure. Rows of other hosts do
+not wait behind it (each host has its own queue).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 # A server asking for more than this is treated as "not today": rows fail instead of waiting.
 MAX_BACKOFF_WAIT_S = 60.0
@@ -20,9 +29,23 @@ class HostRefused(Exception):
     """A host is skipped without contacting it; ``str(exc)`` is the row's error message."""
 
 
+def host_key(url: str) -> str:
+    """The unit of politeness: the host name, lower-cased (every scheme and port of it)."""
+    try:
+        return (urlsplit(url).hostname or "").rstrip(".")
+    except ValueError:  # malformed URL: the worker records why; any worker may do that
+        return ""
+
+
+def worker_for(url: str, workers: int) -> int:
+    """The worker that owns ``url``'s host for the whole run (stable across processes)."""
+    return zlib.crc32(host_key(url).encode("utf-8", "surrogatepass")) % workers if workers > 1 else 0
+
+
 @dataclass
 class _HostState:
-    not_before: float = 0.0  # monotonic time before which no request starts
+    slots: asyncio.Semaphore
+    not_before: float = 0.0  # monotonic time before which no request starts (server backoff)
     next_slot: float = 0.0  # rate limiter: earliest start of the next request
     failures_in_a_row: int = 0
     throttled_in_a_row: int = 0
@@ -31,9 +54,17 @@ class _HostState:
 
 
 class HostPoliteness:
+    """Admission per host: at most ``max_connections`` requests at once, ``requests_per_second``,
+    the server's backoff, and the short-circuit of a host that is down."""
+
     def __init__(
-        self, requests_per_second: float | None, failure_limit: int, max_wait_s: float = MAX_BACKOFF_WAIT_S
+        self,
+        max_connections: int,
+        requests_per_second: float | None,
+        failure_limit: int,
+        max_wait_s: float = MAX_BACKOFF_WAIT_S,
     ) -> None:
+        self._max_connections = max_connections
         self._interval = 1.0 / requests_per_second if requests_per_second else 0.0
         self._failure_limit = failure_limit
         self._max_wait = max_wait_s
@@ -42,27 +73,54 @@ class HostPoliteness:
     def _state(self, host: str) -> _HostState:
         state = self._hosts.get(host)
         if state is None:
-            state = self._hosts[host] = _HostState()
+            state = self._hosts[host] = _HostState(asyncio.Semaphore(self._max_connections))
         return state
 
-    async def wait_turn(self, host: str) -> None:
-        """Sleep until this host may be contacted again; refuse if it is written off."""
+    @contextlib.asynccontextmanager
+    async def turn(self, host: str) -> AsyncIterator[None]:
+        """Hold one of the host's connection slots for one request, once the host may be asked.
+
+        Raises :class:`HostRefused` only for the site's own reasons (it is down, or asked for a
+        backoff longer than we wait), never because our queue is long.
+        """
         state = self._state(host)
+        self._refuse_if_written_off(state, host)
+        await state.slots.acquire()
+        try:
+            await self._wait_for_start(host, state)
+            yield
+        finally:
+            state.slots.release()
+
+    async def _wait_for_start(self, host: str, state: _HostState) -> None:
+        # A loop, not one sleep: while we slept another row may have been throttled (moving
+        # not_before) or taken the rate slot. The slot is reserved only when we really start,
+        # so a refused or cancelled row never pushes the next one back.
+        while True:
+            self._refuse_if_written_off(state, host)
+            now = time.monotonic()
+            backoff = state.not_before - now
+            if backoff > self._max_wait:
+                raise HostRefused(
+                    f"host {host} asked to back off for {backoff:.0f}s (over {self._max_wait:.0f}s)"
+                )
+            start = max(now, state.not_before, state.next_slot)
+            if start <= now:
+                if self._interval:
+                    state.next_slot = now + self._interval
+                return
+            await asyncio.sleep(start - now)
+
+    def check(self, host: str) -> None:
+        """Refuse now if the host was written off while this row waited for something else."""
+        self._refuse_if_written_off(self._state(host), host)
+
+    def _refuse_if_written_off(self, state: _HostState, host: str) -> None:
         if state.short_circuited:
             raise HostRefused(
                 f"host {host} skipped after {state.failures_in_a_row} failures in a row "
                 f"(last: {state.last_error})"
             )
-        now = time.monotonic()
-        start = max(now, state.not_before)
-        if self._interval:
-            start = max(start, state.next_slot)
-            state.next_slot = start + self._interval
-        wait = start - now
-        if wait > self._max_wait:
-            raise HostRefused(f"host {host} asked to back off for {wait:.0f}s (over {self._max_wait:.0f}s)")
-        if wait > 0:
-            await asyncio.sleep(wait)
 
     def succeeded(self, host: str) -> None:
         state = self._state(host)
@@ -74,12 +132,12 @@ class HostPoliteness:
         state = self._state(host)
         state.throttled_in_a_row += 1
         if retry_after is None:
-            retry_after = BASE_BACKOFF_S * 2 ** (state.throttled_in_a_row - 1)
-        delay = retry_after
-        state.not_before = max(state.not_before, time.monotonic() + delay)
+            retry_after = BASE_BACKOFF_S * 2 ** min(state.throttled_in_a_row - 1, 10)
+        state.not_before = max(state.not_before, time.monotonic() + retry_after)
 
     def failed(self, host: str, message: str) -> None:
-        """A connection-level failure (timeout, refused, reset); enough in a row write the host off."""
+        """A real host failure (refused, reset, DNS, timeout after sending, 5xx); enough in a row
+        write the host off for the run."""
         state = self._state(host)
         state.failures_in_a_row += 1
         state.last_error = message

@@ -31,14 +31,14 @@ class RobotsRules:
     """The rules that apply to us on one origin."""
 
     rules: list[Rule] = field(default_factory=list)
-    disallow_all_reason: str | None = None  # set when robots.txt was unreachable (5xx, timeout)
+    # Set when robots.txt could not be read (timeout, 5xx, 429): the site said nothing, so the
+    # fetcher fails its rows for now (RFC 9309 §2.3.1.4) without calling that an opt-out.
+    unavailable_reason: str | None = None
 
     def blocking_rule(self, path: str) -> str | None:
         """The rule that forbids ``path`` (path plus query, as sent), or None if allowed."""
         if path == "/robots.txt":
             return None
-        if self.disallow_all_reason is not None:
-            return self.disallow_all_reason
         best: Rule | None = None
         for rule in self.rules:
             if rule.regex.match(path) and (

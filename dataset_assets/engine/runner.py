@@ -12,6 +12,7 @@ termination) terminates the workers: none outlives the pool.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import multiprocessing
 import os
@@ -26,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 from dataset_assets.engine.options import DownloadOptions
+from dataset_assets.engine.politeness import worker_for
 from dataset_assets.engine.reader import InputShard
 from dataset_assets.engine.records import FetchTask, SampleResult, shard_name
 from dataset_assets.engine.resume import previous_successes
@@ -35,6 +37,10 @@ from dataset_assets.engine.worker import drain, worker_main
 from dataset_assets.engine.writers import ShardWriter, stats_name
 
 TASK_CHUNK = 16
+WORKER_QUEUE_CHUNKS = 8
+BODIES_PER_WORKER = 2
+MAX_ROUTED_ROWS = 50_000  # rows the router keeps aside for busy workers (~10 MB)
+ROUTER_POLL_S = 0.01
 RESULT_POLL_S = 0.5
 JOIN_TIMEOUT_S = 5.0
 
@@ -80,8 +86,14 @@ class DownloadPool:
             output_folder if isinstance(output_folder, OutputFolder) else OutputFolder(output_folder)
         )
         self._ctx = multiprocessing.get_context("spawn")
-        # Bounded: the feeder stays at most a few chunks ahead of the workers (memory window).
-        self._tasks: Any = self._ctx.Queue(maxsize=options.processes_count * 4)
+        # One task queue per worker: each host's rows all go to one worker (its budget for the
+        # run). Bounded: the router stays a few chunks ahead of each worker.
+        self._tasks: list[Any] = [
+            self._ctx.Queue(maxsize=WORKER_QUEUE_CHUNKS) for _ in range(options.processes_count)
+        ]
+        # Downloaded bodies, taken by whichever worker's image thread is free: CPU spreads over
+        # every core even when one host (one worker) does all the fetching.
+        self._bodies: Any = self._ctx.Queue(maxsize=options.processes_count * BODIES_PER_WORKER)
         self._results: Any = self._ctx.Queue()
         self._processes: list[Any] = []
 
@@ -91,10 +103,10 @@ class DownloadPool:
 
     def __enter__(self) -> DownloadPool:
         with _bare_main_module():
-            for _ in range(self.options.processes_count):
+            for tasks in self._tasks:
                 process = self._ctx.Process(
                     target=worker_main,
-                    args=(self.options, self._tasks, self._results, os.getpid()),
+                    args=(self.options, tasks, self._bodies, self._results, os.getpid()),
                     daemon=True,
                 )
                 process.start()
@@ -107,11 +119,11 @@ class DownloadPool:
     def close(self, graceful: bool = True) -> None:
         """Stop the workers: politely after a clean run, at once after any exception."""
         if graceful:
-            for _ in self._processes:
+            for tasks in self._tasks[: len(self._processes)]:
                 try:
-                    self._tasks.put(None, timeout=JOIN_TIMEOUT_S)
+                    tasks.put(None, timeout=JOIN_TIMEOUT_S)
                 except queue.Full:
-                    break
+                    continue
             deadline = time.monotonic() + JOIN_TIMEOUT_S
             for process in self._processes:
                 process.join(max(0.0, deadline - time.monotonic()))
@@ -125,7 +137,7 @@ class DownloadPool:
                 process.join(JOIN_TIMEOUT_S)
         self._processes.clear()
         drain(self._results, 0.2)
-        for q in (self._tasks, self._results):
+        for q in (*self._tasks, self._bodies, self._results):
             q.cancel_join_thread()
             q.close()
 
@@ -147,6 +159,8 @@ class DownloadPool:
         feeding_done = threading.Event()
         stop = threading.Event()
 
+        router = _HostRouter(self._tasks, stop)
+
         def feed() -> None:
             try:
                 for shard in shards:
@@ -166,13 +180,8 @@ class DownloadPool:
                     writer.stats.kept_from_previous_run = len(kept)
                     with lock:
                         writers[shard.shard_id] = writer
-                    for chunk in _task_chunks(shard, self.options, skip=kept.keys()):
-                        while not stop.is_set():
-                            try:
-                                self._tasks.put(chunk, timeout=RESULT_POLL_S)
-                                break
-                            except queue.Full:
-                                continue
+                    router.route(_tasks(shard, self.options, skip=kept.keys()))
+                router.finish()
             except BaseException as error:
                 feeder_error.append(error)
             finally:
@@ -223,25 +232,73 @@ class DownloadPool:
             raise WorkerCrashed(f"worker process died ({codes}); unfinished shards were not committed")
 
 
-def _task_chunks(
-    shard: InputShard, options: DownloadOptions, skip: Collection[int] = ()
-) -> Iterator[list[FetchTask]]:
+def _tasks(shard: InputShard, options: DownloadOptions, skip: Collection[int] = ()) -> Iterator[FetchTask]:
     table = shard.table
     urls = table.column("url").to_pylist()
     bboxes = table.column(options.bbox_col).to_pylist() if options.bbox_col else None
     hashes = table.column(options.verify_hash[0]).to_pylist() if options.verify_hash else None
-    todo = [i for i in range(len(urls)) if i not in skip]
-    for start in range(0, len(todo), TASK_CHUNK):
-        yield [
-            FetchTask(
+    for i, url in enumerate(urls):
+        if i not in skip:
+            yield FetchTask(
                 shard.shard_id,
                 i,
-                urls[i],
+                url,
                 bboxes[i] if bboxes is not None else None,
                 hashes[i] if hashes is not None else None,
             )
-            for i in todo[start : start + TASK_CHUNK]
-        ]
+
+
+class _HostRouter:
+    """Sends each row to the worker that owns its host, in chunks, without head-of-line blocking.
+
+    Why buffer here: a worker busy with one huge, slow host fills its queue; rows of other hosts
+    (other workers) must still flow, so the router keeps up to ``MAX_ROUTED_ROWS`` rows of the
+    busy worker aside and goes on reading. Memory is bounded by that, not by the shard.
+    """
+
+    def __init__(self, queues: list[Any], stop: threading.Event) -> None:
+        self._queues = queues
+        self._stop = stop
+        self._filling: list[list[FetchTask]] = [[] for _ in queues]
+        self._ready: list[collections.deque[list[FetchTask]]] = [collections.deque() for _ in queues]
+        self._buffered = 0
+
+    def route(self, tasks: Iterable[FetchTask]) -> None:
+        """Route one shard's rows; its last partial chunks leave at once (the shard can finish)."""
+        workers = len(self._queues)
+        for task in tasks:
+            worker = worker_for(task.url or "", workers)
+            filling = self._filling[worker]
+            filling.append(task)
+            self._buffered += 1
+            if len(filling) >= TASK_CHUNK:
+                self._ready[worker].append(filling)
+                self._filling[worker] = []
+                self._send_ready(wait=self._buffered >= MAX_ROUTED_ROWS)
+        for worker, filling in enumerate(self._filling):
+            if filling:
+                self._ready[worker].append(filling)
+                self._filling[worker] = []
+        self._send_ready(wait=self._buffered >= MAX_ROUTED_ROWS)
+
+    def finish(self) -> None:
+        """Block until every routed row is in its worker's queue (or the run stops)."""
+        while self._buffered and not self._stop.is_set():
+            self._send_ready(wait=True)
+
+    def _send_ready(self, wait: bool) -> None:
+        """Hand over what the queues take now; with ``wait``, until the buffer is under its cap."""
+        while True:
+            for worker, ready in enumerate(self._ready):
+                while ready:
+                    try:
+                        self._queues[worker].put_nowait(ready[0])
+                    except queue.Full:
+                        break
+                    self._buffered -= len(ready.popleft())
+            if not wait or self._buffered < MAX_ROUTED_ROWS or self._stop.is_set():
+                return
+            time.sleep(ROUTER_POLL_S)
 
 
 def download_shards(

@@ -1,9 +1,13 @@
-"""The worker process: one event loop doing both the network I/O and the image CPU work.
+"""The worker process: an event loop that fetches its own hosts, and a thread for image work.
 
-Why not img2dataset's split (threads fetch, one main thread resizes): with the decode in the
-same loop, a process needs no thread hand-off per image and the loop naturally stops pulling
-new rows while it is busy with CPU work, so one process per core saturates that core.
-Tasks arrive in chunks on a multiprocessing queue; results leave in batches.
+Why two stages: decoding a 2400x1800 PNG takes ~90 ms; on the event loop that is 90 ms in
+which no socket is read while every request's deadline keeps running. Here the loop only
+fetches; bodies go to a queue shared by every worker, and each worker's image thread takes
+them from it (OpenCV releases the GIL, so the loop keeps serving sockets meanwhile).
+
+Why a shared image queue: rows are routed to workers by host (so that one worker holds each
+host's budget for the whole run), which makes fetching uneven when a list has one big host;
+the image work, which is most of the CPU, still spreads over every worker.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import hashlib
 import os
 import queue
 import resource
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from dataset_assets.engine.fetch import Fetcher, FetchError, looks_like_image
@@ -32,41 +38,61 @@ from dataset_assets.engine.records import (
 RESULT_BATCH = 32
 RESULT_FLUSH_S = 0.05
 PARENT_CHECK_S = 1.0
+# Rows a worker holds at once (waiting for their host, in flight, or being processed). Rows are
+# small; a large window lets rows of other hosts overtake a slow host's backlog.
+MIN_ROW_WINDOW = 4096
+EXIT_IMAGE_THREAD_DIED = 4
 
 
-def worker_main(options: DownloadOptions, tasks: Any, results: Any, parent_pid: int) -> None:
+@dataclass(slots=True)
+class ImageJob:
+    """A downloaded body on its way to the image stage (of any worker)."""
+
+    task: FetchTask
+    data: bytes
+
+
+def worker_main(options: DownloadOptions, tasks: Any, bodies: Any, results: Any, parent_pid: int) -> None:
     """Process entry point (top-level so that spawn can import it)."""
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(options, tasks, results, parent_pid))
+        asyncio.run(_serve(options, tasks, bodies, results, parent_pid))
 
 
-class SampleHandler:
-    """Turns one task into one result: fetch, check, hash, process. Never raises for bad input."""
+class Outbox:
+    """Results leave in batches, from the loop (failures) and the image thread (images)."""
 
-    def __init__(self, options: DownloadOptions, fetcher: Fetcher) -> None:
+    def __init__(self, results: Any) -> None:
+        self._results = results
+        self._batch: list[SampleResult] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def add(self, result: SampleResult) -> None:
+        result.worker_pid = self._pid
+        result.worker_peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with self._lock:
+            self._batch.append(result)
+            full = len(self._batch) >= RESULT_BATCH
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._batch = self._batch, []
+        if batch:
+            self._results.put(batch)
+
+
+class ImageStage:
+    """Check, hash and process a downloaded body. Never raises for bad input."""
+
+    def __init__(self, options: DownloadOptions) -> None:
         self._options = options
-        self._fetcher = fetcher
         self._processor = ImageProcessor(options)
 
-    async def handle(self, task: FetchTask) -> SampleResult:
-        result = SampleResult(task.shard_id, task.index, FAILED_TO_DOWNLOAD)
-        if not task.url:
-            result.error_message = "missing URL"
-            return result
-        try:
-            body = await self._fetcher.fetch(task.url)
-        except FetchError as error:
-            result.error_message = str(error)
-            return result
-        data = body.data
-        result.bytes_downloaded = len(data)
-        if not data:
-            result.error_message = "empty body"
-            return result
-        if not looks_like_image(data) and not body.content_type.lower().startswith("image/"):
-            kind = body.content_type.split(";", 1)[0].strip() or "no content type"
-            result.error_message = f"not an image ({kind})"
-            return result
+    def handle(self, job: ImageJob) -> SampleResult:
+        task, data = job.task, job.data
+        result = SampleResult(task.shard_id, task.index, FAILED_TO_DOWNLOAD, bytes_downloaded=len(data))
         options = self._options
         digest = hashlib.new(options.compute_hash, data).hexdigest() if options.compute_hash else None
         if task.expected_hash is not None and digest != task.expected_hash:
@@ -89,65 +115,106 @@ class SampleHandler:
         return result
 
 
-async def _serve(options: DownloadOptions, tasks: Any, results: Any, parent_pid: int) -> None:
+def _internal_error(task: FetchTask, error: BaseException) -> SampleResult:
+    return SampleResult(
+        task.shard_id,
+        task.index,
+        FAILED_TO_DOWNLOAD,
+        error_message=f"internal error: {type(error).__name__}: {error}",
+    )
+
+
+def _image_thread(options: DownloadOptions, bodies: Any, outbox: Outbox) -> None:
+    """Runs until the process exits; if it ever dies, the process dies (the parent notices)."""
+    try:
+        stage = ImageStage(options)
+        while True:
+            job: ImageJob = bodies.get()
+            try:
+                result = stage.handle(job)
+            except Exception as error:  # a bug must not lose the row
+                result = _internal_error(job.task, error)
+            outbox.add(result)
+    finally:
+        outbox.flush()
+        os._exit(EXIT_IMAGE_THREAD_DIED)
+
+
+async def fetch_stage(task: FetchTask, fetcher: Fetcher) -> SampleResult | ImageJob:
+    """A failure's result, or the body for the image stage (held in the fetcher's window)."""
+    result = SampleResult(task.shard_id, task.index, FAILED_TO_DOWNLOAD)
+    if not task.url:
+        result.error_message = "missing URL"
+        return result
+    try:
+        body = await fetcher.fetch(task.url)
+    except FetchError as error:
+        result.error_message = str(error)
+        return result
+    data = body.data
+    result.bytes_downloaded = len(data)
+    if not data:
+        result.error_message = "empty body"
+    elif not looks_like_image(data) and not body.content_type.lower().startswith("image/"):
+        kind = body.content_type.split(";", 1)[0].strip() or "no content type"
+        result.error_message = f"not an image ({kind})"
+    else:
+        return ImageJob(task, data)
+    await fetcher.window.release(len(data))
+    return result
+
+
+async def _serve(options: DownloadOptions, tasks: Any, bodies: Any, results: Any, parent_pid: int) -> None:
     loop = asyncio.get_running_loop()
-    pid = os.getpid()
-    outbox: list[SampleResult] = []
+    outbox = Outbox(results)
+    threading.Thread(
+        target=_image_thread, args=(options, bodies, outbox), name="image-stage", daemon=True
+    ).start()
     watchdog = asyncio.create_task(_exit_if_orphaned(parent_pid))
-    flusher = asyncio.create_task(_flush_periodically(outbox, results))
-    # One thread blocks on the task queue so the loop never does.
+    flusher = asyncio.create_task(_flush_periodically(outbox))
+    # One thread blocks on the task queue and one on the (bounded) image queue, so the loop never does.
     reader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="task-reader")
-    slots = asyncio.Semaphore(options.thread_count)
+    handoff = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-handoff")
+    rows = asyncio.Semaphore(max(MIN_ROW_WINDOW, 4 * options.thread_count))
     running: set[asyncio.Task[None]] = set()
     try:
         async with Fetcher(options) as fetcher:
-            handler = SampleHandler(options, fetcher)
 
             async def run_one(task: FetchTask) -> None:
                 try:
-                    result = await handler.handle(task)
+                    outcome = await fetch_stage(task, fetcher)
+                    if isinstance(outcome, ImageJob):
+                        await loop.run_in_executor(handoff, bodies.put, outcome)
+                        await fetcher.window.release(len(outcome.data))
+                        return
                 except Exception as error:  # a bug must not lose the row
-                    result = SampleResult(
-                        task.shard_id,
-                        task.index,
-                        FAILED_TO_DOWNLOAD,
-                        error_message=f"internal error: {type(error).__name__}: {error}",
-                    )
-                result.worker_pid = pid
-                result.worker_peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                outbox.append(result)
-                if len(outbox) >= RESULT_BATCH:
-                    _flush(outbox, results)
+                    outcome = _internal_error(task, error)
+                outbox.add(outcome)
 
             while True:
                 chunk = await loop.run_in_executor(reader, tasks.get)
                 if chunk is None:
                     break
                 for task in chunk:
-                    await slots.acquire()
+                    await rows.acquire()
                     job = asyncio.create_task(run_one(task))
                     running.add(job)
                     job.add_done_callback(running.discard)
-                    job.add_done_callback(lambda _: slots.release())
+                    job.add_done_callback(lambda _: rows.release())
             if running:
                 await asyncio.gather(*running)
     finally:
         flusher.cancel()
         watchdog.cancel()
-        _flush(outbox, results)
+        outbox.flush()
         reader.shutdown(wait=False, cancel_futures=True)
+        handoff.shutdown(wait=False, cancel_futures=True)
 
 
-def _flush(outbox: list[SampleResult], results: Any) -> None:
-    if outbox:
-        results.put(list(outbox))
-        outbox.clear()
-
-
-async def _flush_periodically(outbox: list[SampleResult], results: Any) -> None:
+async def _flush_periodically(outbox: Outbox) -> None:
     while True:
         await asyncio.sleep(RESULT_FLUSH_S)
-        _flush(outbox, results)
+        outbox.flush()
 
 
 async def _exit_if_orphaned(parent_pid: int) -> None:

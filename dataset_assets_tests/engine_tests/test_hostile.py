@@ -207,7 +207,8 @@ def test_a_dead_host_is_short_circuited(tmp_path) -> None:
     ("robots_status", "expected"),
     [
         (404, OK),  # no robots.txt: everything allowed
-        (503, ("failed_to_download", "robots.txt answered HTTP 503")),  # unavailable: nothing allowed
+        # unavailable: nothing fetched, and not called an opt-out
+        (503, ("failed_to_download", "unavailable (HTTP 503); not fetched, retry later")),
     ],
 )
 def test_robots_txt_status_decides_when_there_are_no_rules(robots_status, expected, tmp_path) -> None:
@@ -221,11 +222,12 @@ def test_robots_txt_status_decides_when_there_are_no_rules(robots_status, expect
         assert server.stats.paths.count("/robots.txt") == 1
 
 
-def test_unreachable_robots_txt_disallows_the_host(tmp_path) -> None:
+def test_unreachable_robots_txt_fails_the_rows_for_now_without_calling_it_an_opt_out(tmp_path) -> None:
     download_shard(rows(["http://127.0.0.1:1/a.jpg"]), str(tmp_path), local_options(), shard_id=0)
     ((status, message),) = _statuses(tmp_path, 1)[0]
     assert status == "failed_to_download"
-    assert message.startswith("disallowed by robots.txt of http://127.0.0.1:1 (robots.txt unreachable")
+    assert message.startswith("robots.txt of http://127.0.0.1:1 unavailable (connection failed")
+    assert message.endswith("retry later") and "disallowed" not in message
 
 
 @pytest.mark.parametrize(
