@@ -1,0 +1,195 @@
+"""Host-aware scheduling on the real web's shapes: one host, heavy images, throttling, several workers.
+
+Every test runs real loopback servers and measures politeness from the server's side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from dataset_assets.demo.images import make_image
+from dataset_assets.demo.server import ImageServer, ServerConfig
+from dataset_assets.engine.politeness import HostPoliteness, HostRefused, worker_for
+from dataset_assets.engine.runner import download_shard
+from dataset_assets_tests.conftest import local_options, rows
+
+
+def _messages(folder) -> list[str]:
+    table = pq.read_table(folder / "00000.parquet")
+    return [m or "ok" for m in table.column("error_message").to_pylist()]
+
+
+def _big_png(seed: int) -> bytes:
+    """A 2400x1800 PNG that does not compress away (~100 ms to decode and resize here)."""
+    rng = np.random.default_rng(seed)
+    h, w = 1800, 2400
+    base = (np.add.outer(np.arange(h), np.arange(w)) % 256).astype(np.uint8)
+    image = np.dstack([base, base[::-1], base[:, ::-1]]) ^ rng.integers(0, 8, (h, w, 3), dtype=np.uint8)
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def three_hosts() -> Iterator[ImageServer]:
+    images = {"a.jpg": make_image(1, 64, 48), "b.jpg": make_image(2, 48, 64)}
+    config = ServerConfig(latency_s=(0.05, 0.1), extra_hosts=2, max_lifetime_s=300, seed=1)
+    with ImageServer(images=images, config=config) as server:
+        yield server
+
+
+def test_one_host_whose_queue_outlasts_the_deadline_stores_every_row(tmp_path) -> None:
+    # 2 connections, 0.3 s per answer: the last of 24 rows waits ~3.6 s for its turn, far past
+    # the 1 s deadline. Waiting for our own politeness is not a timeout and not a host failure.
+    config = ServerConfig(latency_s=(0.3, 0.3), max_lifetime_s=120)
+    with ImageServer(images={"a.jpg": make_image(1, 64, 48)}, config=config) as server:
+        urls = [server.url_for(f"/img/a.jpg?n={i}") for i in range(24)]
+        options = local_options(
+            timeout=1, max_connections_per_host=2, host_failure_limit=2, output_format="parquet"
+        )
+        stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
+        assert stats.successes == 24, _messages(tmp_path)
+        assert server.stats.host().peak_in_flight <= 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [2, 4])
+def test_the_connection_cap_is_per_run_not_per_process(
+    processes: int, three_hosts: ImageServer, tmp_path
+) -> None:
+    three_hosts.reset_stats()
+    hosts = three_hosts.hosts
+    urls = [three_hosts.url_for(f"/img/{'ab'[i % 2]}.jpg?n={i}", host=hosts[i % 3]) for i in range(150)]
+    options = local_options(
+        processes_count=processes,
+        max_connections_per_host=3,
+        thread_count=64,
+        respect_robots_txt=False,
+        output_format="parquet",
+    )
+    stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
+    assert stats.successes == 150, _messages(tmp_path)
+    seen = three_hosts.stats
+    for host in hosts:
+        assert 1 <= seen.host(host).peak_connections <= 3, (host, seen.host(host))
+        assert seen.host(host).peak_in_flight <= 3
+
+
+@pytest.mark.slow
+def test_robots_txt_is_asked_once_per_origin_with_several_processes(
+    three_hosts: ImageServer, tmp_path
+) -> None:
+    three_hosts.reset_stats()
+    hosts = three_hosts.hosts
+    urls = [three_hosts.url_for(f"/img/a.jpg?n={i}", host=hosts[i % 3]) for i in range(90)]
+    options = local_options(processes_count=3, max_connections_per_host=4, output_format="parquet")
+    stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
+    assert stats.successes == 90, _messages(tmp_path)
+    assert three_hosts.stats.paths.count("/robots.txt") == 3
+    assert sum(three_hosts.stats.host(h).requests for h in hosts) == 93
+
+
+@pytest.mark.slow
+def test_cpu_heavy_images_do_not_make_other_requests_time_out(tmp_path) -> None:
+    # 12 large PNGs (~100 ms of image work each) among 60 small JPEGs, from a fast server, with a
+    # 1.5 s deadline. Image work on the network clock timed out most of them.
+    images = {f"big{i}.png": _big_png(i) for i in range(3)} | {"small.jpg": make_image(3, 320, 240)}
+    with ImageServer(images=images, config=ServerConfig(max_lifetime_s=120)) as server:
+        urls = [
+            server.url_for(f"/img/big{i % 3}.png?n={i}" if i % 6 == 0 else f"/img/small.jpg?n={i}")
+            for i in range(72)
+        ]
+        options = local_options(
+            timeout=1.5,
+            thread_count=64,
+            max_connections_per_host=64,
+            respect_robots_txt=False,
+            output_format="parquet",
+        )
+        stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
+        messages = _messages(tmp_path)
+        assert not [m for m in messages if "timed out" in m]
+        assert stats.successes == 72, messages
+        assert stats.peak_worker_rss_mb <= 400
+
+
+def test_throttled_with_retry_after_is_fetched_later_even_with_retries_0(tmp_path) -> None:
+    images = {"a.jpg": make_image(1, 64, 48)}
+    with ImageServer(images=images, config=ServerConfig(max_lifetime_s=60)) as server:
+        urls = [server.url("a.jpg"), server.url_for("/hostile/retry-after-1/a.jpg")]
+        options = local_options(retries=0, respect_robots_txt=False, output_format="parquet")
+        stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
+        assert stats.successes == 2, _messages(tmp_path)
+        times = server.stats.first_seen["/hostile/retry-after-1/a.jpg"]
+        assert len(times) == 2 and times[1] - times[0] >= 0.9, "Retry-After was not honoured"
+
+
+def test_a_rate_limited_host_under_load_is_queued_not_refused(tmp_path) -> None:
+    # 30 rows at once for a host limited to 10 requests/s: all are fetched, none is refused,
+    # and the run takes as long as the rate says (the site sees 10/s at most).
+    with ImageServer(
+        images={"a.jpg": make_image(1, 64, 48)}, config=ServerConfig(max_lifetime_s=60)
+    ) as server:
+        urls = [server.url_for(f"/img/a.jpg?n={i}") for i in range(30)]
+        options = local_options(
+            requests_per_second_per_host=10,
+            thread_count=64,
+            timeout=1,
+            respect_robots_txt=False,
+            output_format="parquet",
+        )
+        started = time.monotonic()
+        stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
+        elapsed = time.monotonic() - started
+        assert stats.successes == 30, _messages(tmp_path)
+        assert server.stats.total_requests == 30
+        assert elapsed >= 2.8, "requests went out faster than 10 per second"
+
+
+def test_the_rate_limiter_reserves_only_for_requests_it_sends() -> None:
+    async def scenario() -> tuple[list[float], float, int]:
+        hosts = HostPoliteness(max_connections=256, requests_per_second=20.0, failure_limit=5)
+        starts: list[float] = []
+        refused = 0
+
+        async def one() -> None:
+            nonlocal refused
+            try:
+                async with hosts.turn("h"):
+                    starts.append(time.monotonic())
+            except HostRefused:
+                refused += 1
+
+        # 20 rows arrive at once, half of them cancelled while they wait (as a deadline would).
+        tasks = [asyncio.create_task(one()) for _ in range(20)]
+        await asyncio.sleep(0.12)
+        for task in tasks[10:]:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # A row arriving later is not pushed back by the reservations of cancelled ones.
+        late = time.monotonic()
+        async with hosts.turn("h"):
+            late_wait = time.monotonic() - late
+        return [b - a for a, b in itertools.pairwise(starts)], late_wait, refused
+
+    gaps, late_wait, refused = asyncio.run(scenario())
+    assert len(gaps) >= 9, "the rows that were not cancelled all started"
+    assert refused == 0
+    assert late_wait < 0.2, "cancelled rows pushed the rate slot back (refusal cascade)"
+    assert all(gap >= 0.045 for gap in gaps), gaps
+
+
+def test_rows_of_one_host_always_go_to_the_same_worker() -> None:
+    urls = [f"https://h{i % 7}.example/{i}.jpg" for i in range(200)]
+    owners: dict[str, set[int]] = {}
+    for url in urls:
+        owners.setdefault(url.split("/")[2], set()).add(worker_for(url, 4))
+    assert all(len(w) == 1 for w in owners.values())
+    assert worker_for("HTTP://H1.example:8080/x", 4) == worker_for("https://h1.example/y", 4)
+    assert len({w for (w,) in owners.values()}) > 1, "hosts are spread over the workers"
