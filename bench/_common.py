@@ -39,11 +39,47 @@ CORPUS_QUALITY = 90  # quality the synthetic "web" JPEGs are stored at (as in da
 
 
 # --------------------------------------------------------------------------- corpus
-def _make_one(job: tuple[str, int, int, int]) -> int:
-    from dataset_assets.demo.images import make_image
+# What each corpus kind is made of (speed must not depend on one corpus):
+#   laion: dataset_assets.demo's web-like JPEGs (q90, 4:2:0, baseline; 100..1600 px sides);
+#   mixed: JPEG quality 75..95, 20 % progressive, 20 % 4:4:4, 15 % PNG, long side log-normal
+#          around 350 px with 3 % of 2000..3200 px;
+#   heavy: 30 % 2400x1800 PNGs (~100 ms of image work each), the rest like mixed's JPEGs.
+# Every file is named NNNNNN.jpg whatever its format: both tools sniff the bytes, not the name.
+CORPUS_KINDS = ("laion", "mixed", "heavy")
 
-    path, seed, width, height = job
-    data = make_image(seed, width, height, fmt="jpg", quality=CORPUS_QUALITY)
+
+def _mixed_params(rng: np.random.Generator, png_share: float) -> tuple[int, int, str, list[int]]:
+    """(width, height, extension, cv2 encode params) of one image of the mixed corpus."""
+    long = 2000 + rng.random() * 1200 if rng.random() < 0.03 else math.exp(rng.normal(math.log(350), 0.55))
+    long = int(min(max(long, 64), 3200))
+    short = max(32, int(long * rng.uniform(0.55, 1.0)))
+    width, height = (long, short) if rng.random() < 0.6 else (short, long)
+    if rng.random() < png_share:
+        return width, height, ".png", [cv2.IMWRITE_PNG_COMPRESSION, 6]
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(75, 96))]
+    if rng.random() < 0.2:
+        params += [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]
+    if rng.random() < 0.2:
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    return width, height, ".jpg", params
+
+
+def _make_one(job: tuple[str, str, int, int, int, int]) -> int:
+    from dataset_assets.demo.images import make_image, pixels
+
+    path, kind, seed, index, width, height = job
+    if kind == "laion":
+        data = make_image(seed * 1_000_003 + index, width, height, fmt="jpg", quality=CORPUS_QUALITY)
+    else:
+        rng = np.random.default_rng([seed, index])
+        if kind == "heavy" and rng.random() < 0.3:
+            width, height, ext, params = 2400, 1800, ".png", [cv2.IMWRITE_PNG_COMPRESSION, 6]
+        else:
+            width, height, ext, params = _mixed_params(rng, png_share=0.15 if kind == "mixed" else 0.0)
+        ok, buffer = cv2.imencode(ext, pixels(seed * 1_000_003 + index, width, height), params)
+        if not ok:
+            raise RuntimeError(f"cv2.imencode failed for {path}")
+        data = buffer.tobytes()
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as handle:
         handle.write(data)
@@ -55,27 +91,32 @@ def corpus_name(i: int) -> str:
     return f"{i:06d}.jpg"
 
 
-def ensure_corpus(n: int, seed: int = 0, cache: Path = DEFAULT_CACHE, workers: int | None = None) -> Path:
-    """``n`` LAION-like JPEGs (dataset_assets.demo.images) on disk, generated once and reused.
+def ensure_corpus(
+    n: int, seed: int = 0, cache: Path = DEFAULT_CACHE, workers: int | None = None, kind: str = "laion"
+) -> Path:
+    """``n`` images of corpus ``kind`` on disk, generated once and reused.
 
-    Image ``i`` depends only on ``(seed, i)`` (same sizes and pixels as ``iter_corpus``), so a
-    bigger corpus extends a smaller one; only missing files are generated, on every core.
+    Image ``i`` depends only on ``(kind, seed, i)`` (for laion: the same sizes and pixels as
+    ``iter_corpus``), so a bigger corpus extends a smaller one; only missing files are
+    generated, on every core.
     """
     from dataset_assets.demo.images import web_like_sizes
 
-    folder = cache / f"corpus-seed{seed}"
+    if kind not in CORPUS_KINDS:
+        raise ValueError(f"corpus kind {kind!r} is not one of {', '.join(CORPUS_KINDS)}")
+    folder = cache / (f"corpus-seed{seed}" if kind == "laion" else f"corpus-{kind}-seed{seed}")
     folder.mkdir(parents=True, exist_ok=True)
     sizes = web_like_sizes(n, seed)
     jobs = [
-        (str(folder / corpus_name(i)), seed * 1_000_003 + i, w, h)
+        (str(folder / corpus_name(i)), kind, seed, i, w, h)
         for i, (w, h) in enumerate(sizes)
         if not (folder / corpus_name(i)).exists()
     ]
     if jobs:
         started = time.monotonic()
-        print(f"generating {len(jobs)} synthetic images into {folder} (one-off, cached) ...", flush=True)
+        print(f"generating {len(jobs)} {kind} images into {folder} (one-off, cached) ...", flush=True)
         with multiprocessing.get_context("spawn").Pool(workers or os.cpu_count() or 1) as pool:
-            for _ in pool.imap_unordered(_make_one, jobs, chunksize=64):
+            for _ in pool.imap_unordered(_make_one, jobs, chunksize=16):
                 pass
         print(f"  done in {time.monotonic() - started:.0f}s", flush=True)
     return folder
@@ -92,7 +133,12 @@ def corpus_stats(folder: Path, n: int) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- server, URL list
 def start_server(
-    corpus: Path, hosts: int, latency: tuple[float, float], lifetime_s: float, processes: int = 1
+    corpus: Path,
+    hosts: int,
+    latency: tuple[float, float],
+    lifetime_s: float,
+    processes: int = 1,
+    recorded_paths: int = 100,
 ) -> ServerGroup:
     """The loopback image server: ``processes`` server processes sharing ``hosts`` addresses
     127.0.0.1.. between them (one process serves a few thousand requests/s: a many-core run
@@ -110,7 +156,7 @@ def start_server(
                 host=str(ipaddress.IPv4Address("127.0.0.1") + first),
                 extra_hosts=count - 1,
                 max_lifetime_s=lifetime_s,
-                max_recorded_paths=100,
+                max_recorded_paths=recorded_paths,
             )
             servers.append(serve_in_subprocess(root=corpus, config=config))
             first += count
@@ -146,25 +192,51 @@ class ServerGroup:
             f"{self.hosts[0]}..{self.hosts[-1]}, port(s) {', '.join(map(str, ports))}"
         )
 
+    def stats(self, reset: bool = False) -> list[Any]:
+        """Each server process's counters (ServerStats); ``reset`` zeroes them after reading."""
+        return [server.stats(reset=reset) for server in self.servers]
+
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
 
 
-def write_url_list(path: Path, server: ServerGroup, n: int, corpus_size: int | None = None) -> None:
-    """A LAION-like parquet (URL, TEXT) whose rows are spread round-robin over the server's hosts.
+def write_url_list(
+    path: Path,
+    server: ServerGroup,
+    n: int,
+    corpus_size: int | None = None,
+    host_names: int = 0,
+    zipf: float = 0.9,
+    seed: int = 0,
+) -> int:
+    """A LAION-like parquet (URL, TEXT) over the server's hosts; returns the distinct hosts used.
 
-    With ``corpus_size`` < n, rows reuse the corpus's images under distinct URLs (a query
-    string the server ignores), so that a long list needs no bigger corpus.
+    Rows go round-robin over the server's addresses, or, with ``host_names`` > 0, over that many
+    host names drawn Zipf(``zipf``) (a few names hold many rows, most hold one or two: the long
+    tail of a web crawl); name ``hK.ipN.test`` resolves to 127.0.0.N through
+    :mod:`bench.dns_server`. With ``corpus_size`` < n, rows reuse the corpus's images under
+    distinct URLs (a query string the server ignores), so that a long list needs no bigger corpus.
     """
     hosts = server.hosts
     size = corpus_size or n
-    urls = [
-        server.url(corpus_name(i % size), hosts[i % len(hosts)]) + (f"?copy={i // size}" if i >= size else "")
-        for i in range(n)
-    ]
+    if host_names:
+        weights = np.arange(1, host_names + 1, dtype=np.float64) ** -zipf
+        ranks = np.random.default_rng(seed).choice(host_names, size=n, p=weights / weights.sum())
+    urls = []
+    for i in range(n):
+        name = corpus_name(i % size)
+        if host_names:
+            rank = int(ranks[i])
+            address = hosts[rank % len(hosts)]
+            named = f"h{rank}.ip{address.rsplit('.', 1)[1]}.test"
+            url = server.url(name, address).replace(f"//{address}:", f"//{named}:", 1)
+        else:
+            url = server.url(name, hosts[i % len(hosts)])
+        urls.append(url + (f"?copy={i // size}" if i >= size else ""))
     captions = [f"a synthetic photo number {i} of a thing" for i in range(n)]
     pq.write_table(pa.table({"URL": urls, "TEXT": captions}), path)
+    return len({url.split("/")[2] for url in urls})
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -42,7 +42,7 @@ def _smooth_field(rng: np.random.Generator, width: int, height: int, cells: int,
     return field.reshape(height, width, channels)
 
 
-def _pixels(seed: int, width: int, height: int) -> np.ndarray:
+def pixels(seed: int, width: int, height: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     h, w = height, width
     # Per-image "detail level", so the corpus has both easy and hard-to-compress images.
@@ -105,7 +105,7 @@ def make_image(seed: int, width: int, height: int, fmt: str = "jpg", quality: in
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     ext, params = _encode_params(fmt, quality)
-    ok, buf = cv2.imencode(ext, _pixels(seed, width, height), params)
+    ok, buf = cv2.imencode(ext, pixels(seed, width, height), params)
     if not ok:
         raise RuntimeError(f"cv2.imencode failed for {ext}")
     return buf.tobytes()

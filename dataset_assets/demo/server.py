@@ -687,7 +687,10 @@ class ImageServer(_UrlMixin):
         return resp
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats.to_dict())
+        payload = self.stats.to_dict()
+        if request.query.get("reset") == "1":  # between measured runs (the benchmarks)
+            self.reset_stats()
+        return web.json_response(payload)
 
 
 # -- separate-process server -------------------------------------------------------------------
@@ -704,14 +707,16 @@ class SubprocessServer(_UrlMixin):
         self._port = port
         self._hosts = hosts
 
-    def stats(self, timeout_s: float = 10.0) -> ServerStats:
-        """Fetch the child's counters over HTTP (loopback, proxies explicitly bypassed).
+    def stats(self, timeout_s: float = 10.0, reset: bool = False) -> ServerStats:
+        """Fetch the child's counters over HTTP (loopback, proxies explicitly bypassed);
+        ``reset`` zeroes them once read.
 
         The ``/_stats`` request itself is not counted, but its connection is, on the first host:
         put the client under test on other hosts (``extra_hosts``) if that matters.
         """
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(self.url_for(STATS_PATH), timeout=timeout_s) as resp:
+        path = STATS_PATH + ("?reset=1" if reset else "")
+        with opener.open(self.url_for(path), timeout=timeout_s) as resp:
             return ServerStats.from_dict(json.loads(resp.read()))
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
