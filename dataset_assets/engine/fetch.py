@@ -10,6 +10,7 @@ hop is re-checked (scheme, address, loop).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import email.utils
 import itertools
@@ -148,7 +149,8 @@ class RequestWindow:
     Why adaptive: 256 requests of 50 KB JPEGs hold 13 MB, 256 of 8 MB PNGs would hold 2 GB. The
     number in flight is capped so that, at the running mean body size, bodies in flight plus
     bodies waiting for the image stage stay within ``max_bytes``. Waiting here happens before a
-    request's deadline starts, like waiting for a host's turn.
+    request's deadline starts, like waiting for a host's turn. Waiters are woken in order, one
+    per free place (a condition variable would wake them all on every request).
     """
 
     def __init__(self, max_requests: int, max_bytes: int) -> None:
@@ -157,7 +159,7 @@ class RequestWindow:
         self._in_flight = 0
         self._held_bytes = 0
         self._mean_body = float(INITIAL_MEAN_BODY_BYTES)
-        self._changed = asyncio.Condition()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def _has_room(self) -> bool:
         room = self._max_bytes - self._held_bytes
@@ -166,27 +168,39 @@ class RequestWindow:
 
     @contextlib.asynccontextmanager
     async def request(self) -> AsyncIterator[None]:
-        async with self._changed:
-            await self._changed.wait_for(self._has_room)
+        if self._waiters or not self._has_room():
+            granted = asyncio.get_running_loop().create_future()
+            self._waiters.append(granted)
+            try:
+                await granted  # _wake counted us in
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._in_flight -= 1  # granted, then cancelled: pass the place on
+                    self._wake()
+                raise
+        else:
             self._in_flight += 1
         try:
             yield
         finally:
             self._in_flight -= 1
-            await self._notify()
+            self._wake()
 
     def hold(self, size: int) -> None:
         """A body of ``size`` bytes was read and waits for the image stage."""
         self._held_bytes += size
         self._mean_body += (max(size, 1) - self._mean_body) * MEAN_BODY_WEIGHT
 
-    async def release(self, size: int) -> None:
+    def release(self, size: int) -> None:
         self._held_bytes -= size
-        await self._notify()
+        self._wake()
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _wake(self) -> None:
+        while self._waiters and self._has_room():
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._in_flight += 1
+                waiter.set_result(None)
 
 
 class Fetcher:

@@ -274,20 +274,20 @@ class _HostRouter:
             if len(filling) >= TASK_CHUNK:
                 self._ready[worker].append(filling)
                 self._filling[worker] = []
-                self._send_ready(wait=self._buffered >= MAX_ROUTED_ROWS)
+                self._send_ready(until_under=MAX_ROUTED_ROWS)
         for worker, filling in enumerate(self._filling):
             if filling:
                 self._ready[worker].append(filling)
                 self._filling[worker] = []
-        self._send_ready(wait=self._buffered >= MAX_ROUTED_ROWS)
+        self._send_ready(until_under=MAX_ROUTED_ROWS)
 
     def finish(self) -> None:
         """Block until every routed row is in its worker's queue (or the run stops)."""
-        while self._buffered and not self._stop.is_set():
-            self._send_ready(wait=True)
+        self._send_ready(until_under=1)
 
-    def _send_ready(self, wait: bool) -> None:
-        """Hand over what the queues take now; with ``wait``, until the buffer is under its cap."""
+    def _send_ready(self, until_under: int) -> None:
+        """Hand over what the queues take now, waiting while ``until_under`` rows or more are
+        still buffered (polling: the queues give no signal when a worker takes a chunk)."""
         while True:
             for worker, ready in enumerate(self._ready):
                 while ready:
@@ -296,7 +296,7 @@ class _HostRouter:
                     except queue.Full:
                         break
                     self._buffered -= len(ready.popleft())
-            if not wait or self._buffered < MAX_ROUTED_ROWS or self._stop.is_set():
+            if self._buffered < until_under or self._stop.is_set():
                 return
             time.sleep(ROUTER_POLL_S)
 

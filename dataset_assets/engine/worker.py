@@ -2,12 +2,13 @@
 
 Why two stages: decoding a 2400x1800 PNG takes ~90 ms; on the event loop that is 90 ms in
 which no socket is read while every request's deadline keeps running. Here the loop only
-fetches; bodies go to a queue shared by every worker, and each worker's image thread takes
-them from it (OpenCV releases the GIL, so the loop keeps serving sockets meanwhile).
+fetches; bodies go to the worker's image thread (OpenCV releases the GIL, so the loop keeps
+serving sockets meanwhile).
 
-Why a shared image queue: rows are routed to workers by host (so that one worker holds each
-host's budget for the whole run), which makes fetching uneven when a list has one big host;
-the image work, which is most of the CPU, still spreads over every worker.
+Why a shared image queue as well: rows are routed to workers by host (so that one worker
+holds each host's budget for the whole run), which makes fetching uneven when a list has one
+big host; a worker whose image thread falls behind hands bodies to the queue every worker's
+idle image thread takes from, so the image work, most of the CPU, still spreads over every core.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from dataset_assets.engine.fetch import Fetcher, FetchError, looks_like_image
+from dataset_assets.engine.fetch import Fetcher, FetchError, RequestWindow, looks_like_image
 from dataset_assets.engine.image import ImageProcessor, ImageRejected
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.records import (
@@ -42,6 +43,8 @@ PARENT_CHECK_S = 1.0
 # small; a large window lets rows of other hosts overtake a slow host's backlog.
 MIN_ROW_WINDOW = 4096
 EXIT_IMAGE_THREAD_DIED = 4
+LOCAL_BACKLOG = 2  # bodies waiting for this worker's own image thread before others are asked
+IDLE_POLL_S = 0.005  # an idle image thread looks at the shared queue this often
 
 
 @dataclass(slots=True)
@@ -66,10 +69,16 @@ class Outbox:
         self._batch: list[SampleResult] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._peak_rss_kb = 0
+        self.measure()
+
+    def measure(self) -> None:
+        """Refresh the peak RSS that results carry (a syscall: periodically, not per row)."""
+        self._peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def add(self, result: SampleResult) -> None:
         result.worker_pid = self._pid
-        result.worker_peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        result.worker_peak_rss_kb = self._peak_rss_kb
         with self._lock:
             self._batch.append(result)
             full = len(self._batch) >= RESULT_BATCH
@@ -124,16 +133,62 @@ def _internal_error(task: FetchTask, error: BaseException) -> SampleResult:
     )
 
 
-def _image_thread(options: DownloadOptions, bodies: Any, outbox: Outbox) -> None:
+class ImageHandoff:
+    """Where downloaded bodies wait for image work: this worker's own thread first, then any.
+
+    Why local first: a body that crosses processes is pickled, piped and unpickled (about 15 %
+    of the CPU an image costs). With hosts spread over the workers, each one's own thread keeps
+    up; only when it falls behind (a worker owning a huge host) do bodies go to the queue that
+    every worker's idle image thread takes from.
+    """
+
+    def __init__(self, shared: Any, window: RequestWindow, loop: asyncio.AbstractEventLoop) -> None:
+        self._shared = shared
+        self._local: queue.SimpleQueue[ImageJob] = queue.SimpleQueue()
+        self._window = window
+        self._loop = loop
+
+    def put(self, job: ImageJob) -> None:
+        """From the event loop; never blocks. A local body stays in the window until processed."""
+        if self._local.qsize() >= LOCAL_BACKLOG:
+            try:
+                self._shared.put_nowait(job)
+            except queue.Full:  # every worker is behind: keep it here
+                pass
+            else:
+                self._window.release(len(job.data))
+                return
+        self._local.put(job)
+
+    def get(self) -> tuple[ImageJob, bool]:
+        """From the image thread: (job, whether it was this worker's own)."""
+        while True:
+            try:
+                return self._local.get(timeout=IDLE_POLL_S), True
+            except queue.Empty:
+                pass
+            try:
+                return self._shared.get_nowait(), False
+            except queue.Empty:
+                continue
+
+    def done(self, job: ImageJob, local: bool) -> None:
+        if local:
+            with contextlib.suppress(RuntimeError):  # the loop is closing: nothing waits anymore
+                self._loop.call_soon_threadsafe(self._window.release, len(job.data))
+
+
+def _image_thread(options: DownloadOptions, handoff: ImageHandoff, outbox: Outbox) -> None:
     """Runs until the process exits; if it ever dies, the process dies (the parent notices)."""
     try:
         stage = ImageStage(options)
         while True:
-            job: ImageJob = bodies.get()
+            job, local = handoff.get()
             try:
                 result = stage.handle(job)
             except Exception as error:  # a bug must not lose the row
                 result = _internal_error(job.task, error)
+            handoff.done(job, local)
             outbox.add(result)
     finally:
         outbox.flush()
@@ -160,32 +215,31 @@ async def fetch_stage(task: FetchTask, fetcher: Fetcher) -> SampleResult | Image
         result.error_message = f"not an image ({kind})"
     else:
         return ImageJob(task, data)
-    await fetcher.window.release(len(data))
+    fetcher.window.release(len(data))
     return result
 
 
 async def _serve(options: DownloadOptions, tasks: Any, bodies: Any, results: Any, parent_pid: int) -> None:
     loop = asyncio.get_running_loop()
     outbox = Outbox(results)
-    threading.Thread(
-        target=_image_thread, args=(options, bodies, outbox), name="image-stage", daemon=True
-    ).start()
     watchdog = asyncio.create_task(_exit_if_orphaned(parent_pid))
     flusher = asyncio.create_task(_flush_periodically(outbox))
-    # One thread blocks on the task queue and one on the (bounded) image queue, so the loop never does.
+    # One thread blocks on the task queue, so the loop never does.
     reader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="task-reader")
-    handoff = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-handoff")
     rows = asyncio.Semaphore(max(MIN_ROW_WINDOW, 4 * options.thread_count))
     running: set[asyncio.Task[None]] = set()
     try:
         async with Fetcher(options) as fetcher:
+            handoff = ImageHandoff(bodies, fetcher.window, loop)
+            threading.Thread(
+                target=_image_thread, args=(options, handoff, outbox), name="image-stage", daemon=True
+            ).start()
 
             async def run_one(task: FetchTask) -> None:
                 try:
                     outcome = await fetch_stage(task, fetcher)
                     if isinstance(outcome, ImageJob):
-                        await loop.run_in_executor(handoff, bodies.put, outcome)
-                        await fetcher.window.release(len(outcome.data))
+                        handoff.put(outcome)
                         return
                 except Exception as error:  # a bug must not lose the row
                     outcome = _internal_error(task, error)
@@ -208,12 +262,12 @@ async def _serve(options: DownloadOptions, tasks: Any, bodies: Any, results: Any
         watchdog.cancel()
         outbox.flush()
         reader.shutdown(wait=False, cancel_futures=True)
-        handoff.shutdown(wait=False, cancel_futures=True)
 
 
 async def _flush_periodically(outbox: Outbox) -> None:
     while True:
         await asyncio.sleep(RESULT_FLUSH_S)
+        outbox.measure()
         outbox.flush()
 
 

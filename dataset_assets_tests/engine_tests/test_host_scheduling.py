@@ -193,3 +193,24 @@ def test_rows_of_one_host_always_go_to_the_same_worker() -> None:
     assert all(len(w) == 1 for w in owners.values())
     assert worker_for("HTTP://H1.example:8080/x", 4) == worker_for("https://h1.example/y", 4)
     assert len({w for (w,) in owners.values()}) > 1, "hosts are spread over the workers"
+
+
+@pytest.mark.slow
+def test_one_host_still_spreads_image_work_over_every_worker(tmp_path) -> None:
+    # Every row belongs to one host, so one worker fetches them all; its image thread falls
+    # behind and the other worker's idle image thread takes the overflow.
+    images = {f"p{i}.jpg": make_image(i, 1600, 1200) for i in range(4)}
+    with ImageServer(images=images, config=ServerConfig(max_lifetime_s=120)) as server:
+        urls = [server.url_for(f"/img/p{i % 4}.jpg?n={i}") for i in range(160)]
+        options = local_options(
+            processes_count=2,
+            thread_count=32,
+            max_connections_per_host=16,
+            respect_robots_txt=False,
+            output_format="parquet",
+        )
+        stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
+        assert stats.successes == 160, _messages(tmp_path)
+        assert len(stats.rows_per_worker) == 2, stats.rows_per_worker
+        assert min(stats.rows_per_worker.values()) >= 16, stats.rows_per_worker
+        assert server.stats.host().peak_in_flight <= 16
