@@ -105,15 +105,18 @@ class DownloadOptions:
     # Concurrent requests per worker process (img2dataset's name and default; here they are
     # asyncio tasks, not threads: 256 in flight cost a worker about 10 MB, not 256 stacks).
     thread_count: int = 256
-    timeout: float = 10.0  # total deadline per request: connect + headers + body
+    # Total deadline per request: connect + headers + body, from the moment it is sent (waiting
+    # for the host's turn or the worker's request window does not count).
+    timeout: float = 10.0
     retries: int = 0
     user_agent_token: str | None = None
     disallowed_header_directives: tuple[str, ...] = DEFAULT_DISALLOWED_HEADER_DIRECTIVES
     max_redirects: int = 10
     max_body_bytes: int = 32 * 1024 * 1024
-    max_connections_per_host: int = 8  # per worker process
-    requests_per_second_per_host: float | None = None  # per worker process; None = no rate limit
-    host_failure_limit: int = 5  # connection failures in a row before a host is skipped; 0 = never
+    # Per host for the whole run, whatever processes_count: each host's rows go to one worker.
+    max_connections_per_host: int = 8
+    requests_per_second_per_host: float | None = None  # per host for the run; None = no rate limit
+    host_failure_limit: int = 5  # real host failures in a row before a host is skipped; 0 = never
     respect_robots_txt: bool = True
     allow_private_addresses: bool = False
 
