@@ -40,7 +40,7 @@ ROBOTS_RETRY_S = 30.0  # an unavailable robots.txt is asked again after this lon
 # A throttled row with a Retry-After is retried this many times after the wait, on top of retries.
 MAX_THROTTLED_RETRIES = 3
 # What one worker holds in bodies (in flight and waiting for the image stage); see RequestWindow.
-MAX_HELD_BODY_BYTES = 96 * 1024 * 1024
+MAX_HELD_BODY_BYTES = 48 * 1024 * 1024
 INITIAL_MEAN_BODY_BYTES = 1024 * 1024
 MEAN_BODY_WEIGHT = 0.05
 MIN_REQUESTS_IN_FLIGHT = 4
@@ -402,10 +402,13 @@ class Fetcher:
         seconds = min(self._options.timeout, ROBOTS_TIMEOUT_S)
         try:
             first = _checked_url(f"{origin}/robots.txt", self._options.allow_private_addresses)
-            # No host turn: the origin's image rows all wait for this one request anyway.
-            status, data = await self._with_deadline(
-                seconds, self._follow(first, read, ROBOTS_MAX_REDIRECTS, check_robots=False)
-            )
+            # No host turn (the origin's image rows all wait for this one request anyway), but a
+            # place in the request window: a long tail starts thousands of these at once, and
+            # so many DNS lookups and connections in one burst are a flood, not a crawl.
+            async with self.window.request():
+                status, data = await self._with_deadline(
+                    seconds, self._follow(first, read, ROBOTS_MAX_REDIRECTS, check_robots=False)
+                )
         except (FetchError, AddressRefused) as error:
             if str(error).startswith("too many redirects"):
                 return RobotsRules()  # RFC: may be treated as unavailable (4xx)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import hashlib
 import os
 import queue
@@ -45,6 +46,7 @@ MIN_ROW_WINDOW = 4096
 EXIT_IMAGE_THREAD_DIED = 4
 LOCAL_BACKLOG = 2  # bodies waiting for this worker's own image thread before others are asked
 IDLE_POLL_S = 0.005  # an idle image thread looks at the shared queue this often
+TRIM_AFTER_BYTES = 1024 * 1024  # bodies this large leave big freed buffers behind (see below)
 
 
 @dataclass(slots=True)
@@ -178,6 +180,25 @@ class ImageHandoff:
                 self._loop.call_soon_threadsafe(self._window.release, len(job.data))
 
 
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: its allocator has no such call
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def _give_back_free_memory() -> None:
+    """After a large image: glibc keeps the freed pages of its big buffers (its mmap threshold
+    grows with them), which took a worker on a PNG-heavy list past 700 MB; trimming returns
+    them and kept it under 300 MB. A fixed mmap threshold would do the same for every
+    image and cost about 40 % more CPU."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def _image_thread(options: DownloadOptions, handoff: ImageHandoff, outbox: Outbox) -> None:
     """Runs until the process exits; if it ever dies, the process dies (the parent notices)."""
     try:
@@ -190,6 +211,8 @@ def _image_thread(options: DownloadOptions, handoff: ImageHandoff, outbox: Outbo
                 result = _internal_error(job.task, error)
             handoff.done(job, local)
             outbox.add(result)
+            if len(job.data) >= TRIM_AFTER_BYTES:
+                _give_back_free_memory()
     finally:
         outbox.flush()
         os._exit(EXIT_IMAGE_THREAD_DIED)

@@ -199,9 +199,10 @@ def test_rows_of_one_host_always_go_to_the_same_worker() -> None:
 def test_one_host_still_spreads_image_work_over_every_worker(tmp_path) -> None:
     # Every row belongs to one host, so one worker fetches them all; its image thread falls
     # behind and the other worker's idle image thread takes the overflow.
-    images = {f"p{i}.jpg": make_image(i, 1600, 1200) for i in range(4)}
+    # PNGs: fully decoded (no reduced JPEG decode), so one image thread cannot keep up.
+    images = {f"p{i}.png": make_image(i, 1000, 750, "png") for i in range(4)}
     with ImageServer(images=images, config=ServerConfig(max_lifetime_s=120)) as server:
-        urls = [server.url_for(f"/img/p{i % 4}.jpg?n={i}") for i in range(160)]
+        urls = [server.url_for(f"/img/p{i % 4}.png?n={i}") for i in range(160)]
         options = local_options(
             processes_count=2,
             thread_count=32,
