@@ -75,7 +75,7 @@ def _filter(workdir: str, shuffle_seed: int | None) -> dict[str, Any]:
         min_caption_length=5,
         min_width=128,
         min_height=128,
-        max_aspect_ratio=2.0,
+        max_filter_aspect_ratio=2.0,
         min_similarity=0.21,
         max_punsafe=0.5,
         max_pwatermark=0.8,

@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
-import types
 import typing
 from collections import Counter
 from collections.abc import Sequence
@@ -21,6 +19,7 @@ from typing import Any
 
 from dataset_assets.engine import DownloadOptions, OptionError
 from dataset_assets.engine.download import download
+from dataset_assets.schema import catalogue
 
 # img2dataset options without an effect here; accepted so existing command lines run.
 IGNORED_OPTIONS = {
@@ -56,43 +55,61 @@ def _parse_optional_str(text: str) -> str | None:
     return None if text.strip().lower() in ("none", "null", "") else text
 
 
-def _parse_float(text: str) -> float:
-    return math.inf if text.strip().lower() in ("inf", "none") else float(text)
+def _parse_optional_float(text: str) -> float | None:
+    return None if text.strip().lower() in ("inf", "none", "null", "") else float(text)
 
 
-def _converter(annotation: Any) -> Any:
-    """argparse type for a DownloadOptions field, derived from its annotation."""
-    hints = typing.get_type_hints(DownloadOptions)
-    hint = hints[annotation]
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        inner = next(a for a in args if a is not type(None))
-        if typing.get_origin(inner) is tuple:
-            return _parse_list
-        return _parse_optional_str if inner is str else inner
-    if origin is tuple:
+def _parse_optional_int(text: str) -> int | None:
+    return None if text.strip().lower() in ("none", "null", "") else int(text)
+
+
+def _converter(entry: catalogue.Entry) -> Any:
+    """argparse type for an option, derived from its declared annotation."""
+    declared = entry.declared
+    hint = declared.base_type
+    if typing.get_origin(hint) is tuple:
         return _parse_list
-    return {bool: _parse_bool, float: _parse_float, int: int, str: str}.get(hint, str)
+    if declared.optional:
+        return {str: _parse_optional_str, float: _parse_optional_float, int: _parse_optional_int}[hint]
+    return {bool: _parse_bool, float: float, int: int, str: str}[hint]
+
+
+def _help(entry: catalogue.Entry) -> str:
+    """Description, default and allowed values; argparse's %-formatting is escaped."""
+    parts = [entry.help]
+    allowed = catalogue.allowed(entry)
+    if allowed:
+        parts.append(f"Allowed: {allowed}.")
+    if not entry.declared.required or entry.default("cli") is not dataclasses.MISSING:
+        parts.append(f"Default: {catalogue.format_value(entry.default('cli'))}.")
+    return " ".join(parts).replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dataset-assets", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     download_cmd = commands.add_parser("download", help="download a URL list into image shards")
-    download_cmd.add_argument("--url_list", required=True, help="file or folder of URL lists")
-    download_cmd.add_argument("--output_folder", default="images")
-    for field in dataclasses.fields(DownloadOptions):
-        if field.name == "extra":
+    for entry in catalogue.options():
+        if not entry.on_cli:
             continue
-        kind = _converter(field.name)
-        nargs = "?" if kind is _parse_bool else None
-        extra: dict[str, Any] = {"const": True} if kind is _parse_bool else {}
-        download_cmd.add_argument(f"--{field.name}", type=kind, nargs=nargs, default=None, **extra)
+        kind = _converter(entry)
+        extra: dict[str, Any] = {"nargs": "?", "const": True} if kind is _parse_bool else {}
+        if entry.default("cli") is dataclasses.MISSING:
+            extra["required"] = True
+        download_cmd.add_argument(
+            f"--{entry.name}", type=kind, default=None, help=_help(entry), metavar=_metavar(entry), **extra
+        )
     for name, why in IGNORED_OPTIONS.items():
         download_cmd.add_argument(f"--{name}", default=None, help=f"ignored: {why}")
     download_cmd.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return parser
+
+
+def _metavar(entry: catalogue.Entry) -> str:
+    hint = entry.declared.base_type
+    if typing.get_origin(hint) is tuple:
+        return "LIST"
+    return {bool: "BOOL", float: "NUMBER", int: "INT"}.get(hint, "TEXT")
 
 
 def options_from_args(args: argparse.Namespace) -> DownloadOptions:
@@ -117,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     started = time.monotonic()
-    summary = download(args.url_list, args.output_folder, options, progress=not args.no_progress)
+    output_folder = args.output_folder or catalogue.by_name()["output_folder"].default("cli")
+    summary = download(args.url_list, output_folder, options, progress=not args.no_progress)
     elapsed = time.monotonic() - started
     _print_summary(summary, elapsed)
     return 0

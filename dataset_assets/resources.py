@@ -1,9 +1,12 @@
 """Dagster resources: the dataset spec as one configurable resource, ``dataset``, and ``s3``.
 
-The ``dataset`` resource declares every spec key with the spec file's value as its default, so
-the Launchpad shows the dataset's actual settings and a run can override any subset of them
-(``resources: {dataset: {config: {image_size: 384}}}``); the merged values are validated
-like the file itself, with errors that name the key.
+The ``dataset`` resource declares every spec key that may change per run, with the spec file's
+value as its default and the option's description, so the Launchpad shows the dataset's actual
+settings and a run can override any subset of them (``resources: {dataset: {config:
+{timeout: 30}}}``); the merged values are validated like the file itself, with errors that name
+the key. Keys fixed per dataset (the shard layout: ``image_size``, ``output_format``,
+``number_sample_per_shard``, ...; where it lives; ``shards_per_run``) are read from the spec
+file only: a run that changed them would mix two layouts in one dataset.
 
 The ``s3`` resource (dagster-aws ``S3Resource``) says how to reach ``s3://`` paths of the spec
 (URL list, ``output_folder``, ``plan_folder``): endpoint (MinIO, R2, ...), region and
@@ -18,13 +21,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import dagster as dg
 import pydantic
 from dagster_aws.s3 import S3Resource
 
 from dataset_assets.engine.storage import url_protocol
+from dataset_assets.schema import catalogue
 from dataset_assets.spec import DatasetSpec, spec_from_mapping
 
 # S3Resource field -> the AWS environment variables that set it, in precedence order.
@@ -39,19 +44,38 @@ S3_ENVIRONMENT = {
 
 
 class DatasetResource(dg.ConfigurableResource):
-    """Base class; :func:`dataset_resource` derives one with a field per spec key."""
+    """Base class; :func:`dataset_resource` derives one with a field per run-overridable key."""
+
+    # The spec file's values of the keys fixed per dataset (set on each derived class).
+    fixed_values: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     def spec(self) -> DatasetSpec:
-        values = {name: getattr(self, name) for name in DatasetSpec.model_fields}
+        values = dict(self.fixed_values)
+        values.update((name, getattr(self, name)) for name in DatasetSpec.model_fields if name not in values)
         return spec_from_mapping(values, source="resource 'dataset' (spec file + run config)")
 
 
+def resource_description(entry: catalogue.Entry) -> str:
+    """The Launchpad's text for a key: what it does and what it accepts."""
+    text = entry.help
+    allowed = catalogue.allowed(entry)
+    return f"{text} Allowed: {allowed}." if allowed else text
+
+
 def dataset_resource(spec: DatasetSpec) -> DatasetResource:
+    entries = catalogue.options()
     fields = {
-        name: (field.annotation, pydantic.Field(default=getattr(spec, name), description=field.description))
-        for name, field in DatasetSpec.model_fields.items()
+        entry.name: (
+            DatasetSpec.model_fields[entry.name].annotation,
+            pydantic.Field(default=getattr(spec, entry.name), description=resource_description(entry)),
+        )
+        for entry in entries
+        if not entry.fixed
     }
     resource_class = pydantic.create_model("DatasetResource", __base__=DatasetResource, **fields)  # type: ignore[call-overload]
+    resource_class.fixed_values = MappingProxyType(
+        {entry.name: getattr(spec, entry.name) for entry in entries if entry.fixed}
+    )
     return resource_class()
 
 

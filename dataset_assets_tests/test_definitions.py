@@ -243,17 +243,16 @@ def test_run_config_overrides_one_key_and_is_validated(server: ImageServer, tmp_
     with dg.instance_for_test() as instance:
         job = _job(build_defs(spec))
         job.execute_in_process(instance=instance, asset_selection=INGEST)
-        override = {"resources": {"dataset": {"config": {"image_size": 32, "resize_mode": "center_crop"}}}}
+        override = {"resources": {"dataset": {"config": {"min_image_size": 100_000}}}}
         job.execute_in_process(
             instance=instance, asset_selection=DOWNLOAD, partition_key="00000", run_config=override
         )
-        sizes = {
-            (r["width"], r["height"])
-            for r in pq.read_table(tmp_path / "dataset" / "00000.parquet").to_pylist()
-        }
-        assert sizes - {(None, None)} == {(32, 32)}  # the other keys still come from the spec file
+        rows = pq.read_table(tmp_path / "dataset" / "00000.parquet").to_pylist()
+        # the override reached the engine: nothing is big enough; every other key came from the file
+        assert rows and not [r for r in rows if r["status"] == "success"]
+        assert "image too small" in {r["error_message"] for r in rows}
 
-        bad = {"resources": {"dataset": {"config": {"resize_mode": "wide"}}}}
+        bad = {"resources": {"dataset": {"config": {"downscale_interpolation": "wide"}}}}
         result = job.execute_in_process(
             instance=instance,
             asset_selection=DOWNLOAD,
@@ -263,12 +262,26 @@ def test_run_config_overrides_one_key_and_is_validated(server: ImageServer, tmp_
         )
         assert not result.success
         failure = next(e for e in result.all_events if e.is_step_failure)
-        assert "resize_mode='wide'" in str(failure.step_failure_data.error)
+        assert "downscale_interpolation='wide' is not one of" in str(failure.step_failure_data.error)
+
+
+def test_layout_keys_cannot_be_overridden_per_run(server: ImageServer, tmp_path: Path) -> None:
+    """A run that changed the shard layout would mix two layouts in one dataset."""
+    spec = spec_from_mapping(_spec_values(server, tmp_path))
+    defs = build_defs(spec)
+    with dg.instance_for_test() as instance:
+        for key, value in (("image_size", 32), ("output_format", "parquet"), ("number_sample_per_shard", 3)):
+            config = {"resources": {"dataset": {"config": {key: value}}}}
+            with pytest.raises(dg.DagsterInvalidConfigError, match=key):
+                _job(defs).execute_in_process(instance=instance, asset_selection=INGEST, run_config=config)
+    resource = defs.resources["dataset"]
+    assert resource.spec().image_size == 64  # read from the spec, not from a resource field
+    assert "image_size" not in type(resource).model_fields
 
 
 def test_every_engine_option_is_a_spec_key() -> None:
     from dataset_assets.engine import DownloadOptions
     from dataset_assets.spec import DatasetSpec
 
-    # incremental_mode is spelled overwrite / retry_failed in the spec
-    assert set(DownloadOptions.field_names()) - set(DatasetSpec.model_fields) == {"incremental_mode"}
+    # one vocabulary: the spec's keys are the engine's names, incremental_mode included
+    assert set(DownloadOptions.field_names()) <= set(DatasetSpec.model_fields)

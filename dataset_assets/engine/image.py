@@ -149,8 +149,9 @@ class ImageProcessor:
         self._up = _INTERPOLATIONS[options.upscale_interpolation]
         self._max_pixels = options.max_decoded_pixels
         self._min_size = options.min_image_size
-        self._max_area = options.max_image_area
-        self._max_ratio = options.max_aspect_ratio
+        # None = no limit (the option's declared meaning); inf keeps the hot path one comparison.
+        self._max_area = options.max_image_area if options.max_image_area is not None else math.inf
+        self._max_ratio = options.max_aspect_ratio if options.max_aspect_ratio is not None else math.inf
         self._extract_exif = options.extract_exif
         self._skip_reencode = options.skip_reencode
         self._encode_format = options.encode_format

@@ -1,16 +1,22 @@
-"""Every knob of the shard engine, under img2dataset's option names.
+"""Every knob of the shard engine, under img2dataset's option names, declared once.
 
 One frozen dataclass travels from the CLI / Dagster config to every worker process (it is
 pickled once per worker), so validation happens once, up front, with messages that name the
-option the user got wrong.
+option the user got wrong. Each field is the option's only declaration: the spec, the
+``dataset`` resource, ``dataset-assets download --help`` and README's table are derived from it
+(see :mod:`dataset_assets.schema.catalogue`). Defaults follow img2dataset 1.47.0 except where
+its default is unsafe or slow; the help text says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from dataset_assets.schema.option import OptionError, check, option
+
+__all__ = ["DownloadOptions", "OptionError"]
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 ENCODE_FORMATS = ("jpg", "png", "webp")
@@ -39,6 +45,7 @@ INTERPOLATIONS = (
     "lanczos",
     "lanczos4",
 )
+INCREMENTAL_MODES = ("incremental", "overwrite", "retry_failed")
 DEFAULT_DISALLOWED_HEADER_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
 RESERVED_COLUMNS = frozenset(
     {
@@ -57,75 +64,110 @@ RESERVED_COLUMNS = frozenset(
 )
 
 
-class OptionError(ValueError):
-    """A user-facing configuration error; the message always names the offending option."""
-
-
 @dataclass(frozen=True)
 class DownloadOptions:
-    """Settings shared by the reader, fetcher, image processor and writers.
-
-    Defaults follow img2dataset 1.47.0 except where its default is unsafe or slow; each such
-    difference is noted on the field.
-    """
+    """Settings shared by the reader, fetcher, image processor and writers."""
 
     # --- input ---
-    input_format: str = "txt"
-    url_col: str = "url"
-    caption_col: str | None = None
-    save_additional_columns: tuple[str, ...] = ()
-    bbox_col: str | None = None
-    verify_hash: tuple[str, str] | None = None  # (input column, hash type)
+    input_format: str = option(
+        "txt",
+        "Format of the URL list files (txt lines are URLs even with commas).",
+        choices=INPUT_FORMATS,
+        also_used_by=("planner",),
+    )
+    url_col: str = option("url", "Column of the URL list that holds the URL.")
+    caption_col: str | None = option(None, "Column holding the caption; none = no captions.")
+    save_additional_columns: tuple[str, ...] = option(
+        (), "Input columns copied into every sample's metadata."
+    )
+    bbox_col: str | None = option(
+        None, "Column of [x0, y0, x1, y1] relative boxes (e.g. faces) to blur in the stored image."
+    )
+    verify_hash: tuple[str, str] | None = option(
+        None, "[input column, hash type]: refuse images whose hash differs from the column's."
+    )
 
-    # --- output ---
-    output_format: str = "files"
-    number_sample_per_shard: int = 10_000
-    oom_shard_count: int = 5
-    extract_exif: bool = True
-    compute_hash: str | None = "sha256"
+    # --- output (layout keys: fixed per dataset) ---
+    output_format: str = option("files", "Shard format on disk.", choices=OUTPUT_FORMATS, fixed=True)
+    number_sample_per_shard: int = option(10_000, "Rows per shard.", gt=0, fixed=True)
+    oom_shard_count: int = option(
+        5, "Digits of shard numbers in file names (00042.tar for 5).", ge=0, fixed=True
+    )
+    extract_exif: bool = option(True, "Store the image's EXIF tags in the sample metadata.")
+    compute_hash: str | None = option(
+        "sha256", "Hash of the original bytes stored per sample; none = no hash.", choices=HASH_TYPES
+    )
 
     # --- resize / encode ---
-    image_size: int = 256
-    resize_mode: str = "border"
-    resize_only_if_bigger: bool = False
-    upscale_interpolation: str = "lanczos"
-    downscale_interpolation: str = "area"
-    encode_format: str = "jpg"
-    encode_quality: int = 95
-    skip_reencode: bool = False
-    min_image_size: int = 0
-    max_image_area: float = math.inf
-    max_aspect_ratio: float = math.inf
-    # Hard cap checked from the image header before any pixel is allocated (img2dataset has
-    # none besides OpenCV's own 2^30 limit): protects workers against decompression bombs.
-    max_decoded_pixels: int = 100_000_000
+    image_size: int = option(256, "Target side length in pixels.", gt=0, fixed=True)
+    resize_mode: str = option(
+        "border", "How images are fitted to image_size.", choices=RESIZE_MODES, fixed=True
+    )
+    resize_only_if_bigger: bool = option(False, "Never upscale: smaller images keep their size.")
+    upscale_interpolation: str = option(
+        "lanczos", "Interpolation when enlarging (luma only into jpg).", choices=INTERPOLATIONS
+    )
+    downscale_interpolation: str = option("area", "Interpolation when shrinking.", choices=INTERPOLATIONS)
+    encode_format: str = option("jpg", "Format of the stored images.", choices=ENCODE_FORMATS, fixed=True)
+    encode_quality: int = option(
+        95, "JPEG/WebP quality 1..100 (101 = lossless WebP); PNG compression level 0..9.", ge=0, le=101
+    )
+    skip_reencode: bool = option(
+        False, "Store the original bytes when no resize is needed and the format matches."
+    )
+    min_image_size: int = option(0, "Refuse images whose smaller side is below this.", ge=0)
+    max_image_area: float | None = option(
+        None, "Refuse images with more pixels than this (from the header); none = no limit.", gt=0
+    )
+    max_aspect_ratio: float | None = option(
+        None, "Refuse images whose long/short side ratio exceeds this; none = no limit.", gt=0
+    )
+    max_decoded_pixels: int = option(
+        100_000_000,
+        "New: refuse images above this many pixels from the header, before decoding (decompression bombs).",
+        gt=0,
+    )
 
     # --- network ---
-    processes_count: int = 1
-    # Concurrent requests per worker process (img2dataset's name and default; here they are
-    # asyncio tasks, not threads: 256 in flight cost a worker about 10 MB, not 256 stacks).
-    thread_count: int = 256
-    # Total deadline per request: connect + headers + body, from the moment it is sent (waiting
-    # for the host's turn or the worker's request window does not count).
-    timeout: float = 10.0
-    retries: int = 0
-    user_agent_token: str | None = None
-    disallowed_header_directives: tuple[str, ...] = DEFAULT_DISALLOWED_HEADER_DIRECTIVES
-    max_redirects: int = 10
-    max_body_bytes: int = 32 * 1024 * 1024
-    # Per host for the whole run, whatever processes_count: each host's rows go to one worker.
-    max_connections_per_host: int = 8
-    requests_per_second_per_host: float | None = None  # per host for the run; None = no rate limit
-    host_failure_limit: int = 5  # real host failures in a row before a host is skipped; 0 = never
-    respect_robots_txt: bool = True
-    allow_private_addresses: bool = False
+    processes_count: int = option(
+        1, "Worker processes (each with its own event loop and image thread).", gt=0
+    )
+    thread_count: int = option(256, "Concurrent requests per process (asyncio tasks, not threads).", gt=0)
+    timeout: float = option(
+        10.0, "Total deadline per request (connect + headers + body), from when it is sent.", gt=0
+    )
+    retries: int = option(0, "Retries on transient errors (timeouts, resets, 408/425/429/5xx).", ge=0)
+    user_agent_token: str | None = option(
+        None, "Your token in the User-Agent, also honoured as a robots.txt user agent."
+    )
+    disallowed_header_directives: tuple[str, ...] = option(
+        DEFAULT_DISALLOWED_HEADER_DIRECTIVES, "X-Robots-Tag directives that refuse an image."
+    )
+    max_redirects: int = option(10, "New: redirects followed per request (loops detected).", ge=0)
+    max_body_bytes: int = option(
+        32 * 1024 * 1024, "New: body size cap in bytes, enforced while streaming.", gt=0
+    )
+    max_connections_per_host: int = option(
+        8, "New: concurrent connections per host for the whole run, whatever processes_count.", gt=0
+    )
+    requests_per_second_per_host: float | None = option(
+        None, "New: requests per second per host for the whole run; none = no rate limit.", gt=0
+    )
+    host_failure_limit: int = option(
+        5, "New: real host failures in a row before its remaining rows are skipped; 0 = never.", ge=0
+    )
+    respect_robots_txt: bool = option(True, "New: honour robots.txt (fetched once per origin per run).")
+    allow_private_addresses: bool = option(
+        False, "New: allow private and loopback addresses (metadata addresses are always refused)."
+    )
 
     # --- shard bookkeeping ---
-    # incremental: skip complete shards; overwrite: redo them; retry_failed: redo only the
-    # failed rows of complete shards (keeping their successes) and download missing shards.
-    incremental_mode: str = "incremental"
-
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    incremental_mode: str = option(
+        "incremental",
+        "incremental: skip complete shards; overwrite: redo them; "
+        "retry_failed: redo only failed rows of complete shards.",
+        choices=INCREMENTAL_MODES,
+    )
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON / YAML / CLI) where tuples are stored.
@@ -143,23 +185,11 @@ class DownloadOptions:
             object.__setattr__(
                 self, "save_additional_columns", (*self.save_additional_columns, self.bbox_col)
             )
-        self._validate()
+        check(self)
+        self._check_combinations()
 
-    def _validate(self) -> None:
-        def choice(name: str, allowed: tuple[str, ...]) -> None:
-            value = getattr(self, name)
-            if value not in allowed:
-                raise OptionError(f"{name}={value!r} is not one of {', '.join(allowed)}")
-
-        choice("input_format", INPUT_FORMATS)
-        choice("output_format", OUTPUT_FORMATS)
-        choice("resize_mode", RESIZE_MODES)
-        choice("encode_format", ENCODE_FORMATS)
-        choice("upscale_interpolation", INTERPOLATIONS)
-        choice("downscale_interpolation", INTERPOLATIONS)
-        choice("incremental_mode", ("incremental", "overwrite", "retry_failed"))
-        if self.compute_hash is not None:
-            choice("compute_hash", HASH_TYPES)
+    def _check_combinations(self) -> None:
+        """Rules between options (single-option rules are declared on the fields)."""
         if self.verify_hash is not None:
             if len(self.verify_hash) != 2:
                 raise OptionError("verify_hash must be [input_column, hash_type]")
@@ -170,15 +200,6 @@ class DownloadOptions:
         clash = RESERVED_COLUMNS.intersection(self.save_additional_columns)
         if clash:
             raise OptionError(f"save_additional_columns may not contain reserved names: {sorted(clash)}")
-        positive = ("image_size", "number_sample_per_shard", "processes_count", "thread_count", "timeout")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise OptionError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("retries", "min_image_size", "max_redirects", "oom_shard_count", "host_failure_limit"):
-            if getattr(self, name) < 0:
-                raise OptionError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.requests_per_second_per_host is not None and not self.requests_per_second_per_host > 0:
-            raise OptionError("requests_per_second_per_host must be > 0 (or unset for no limit)")
         if self.encode_format == "png" and not 0 <= self.encode_quality <= 9:
             raise OptionError("encode_quality is the PNG compression level for png and must be in 0..9")
         if self.encode_format != "png" and not 1 <= self.encode_quality <= 101:
@@ -186,20 +207,15 @@ class DownloadOptions:
 
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
+        return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> DownloadOptions:
         """Build from a dict of option names, rejecting unknown keys by name."""
-        known = set(cls.field_names())
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             raise OptionError(f"unknown option(s): {', '.join(unknown)}")
         return cls(**values)
 
     def replace(self, **changes: Any) -> DownloadOptions:
         return dataclasses.replace(self, **changes)
-
-    @property
-    def hash_column(self) -> str | None:
-        return self.compute_hash

@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 
+from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.reader import (
     InputError,
     connect,
@@ -29,6 +30,7 @@ from dataset_assets.engine.reader import (
     sql_string,
 )
 from dataset_assets.engine.storage import StorageOptions, filesystem, is_remote_url
+from dataset_assets.schema.option import check, option, shared
 
 _WHITESPACE = " \t\n\r\x0b\x0c"
 # scheme :// [userinfo@] host[:port] path?query [#fragment]
@@ -49,26 +51,36 @@ _TOP_DOMAINS = 20
 
 @dataclass
 class FilterSettings:
-    """Which rows to keep. A filter runs only when set and when its column is in every input file."""
+    """Which rows to keep. A filter runs only when set and when its column is in every input file.
 
-    url_col: str = "url"
-    caption_col: str | None = None
-    save_additional_columns: tuple[str, ...] = ()
-    min_caption_length: int | None = None
-    min_width: int | None = None
-    min_height: int | None = None
-    width_col: str = "WIDTH"  # LAION's names; DuckDB matches column names case-insensitively
-    height_col: str = "HEIGHT"
-    max_aspect_ratio: float | None = None
-    min_similarity: float | None = None
-    similarity_col: str = "similarity"
-    max_punsafe: float | None = None
-    punsafe_col: str = "punsafe"
-    max_pwatermark: float | None = None
-    pwatermark_col: str = "pwatermark"
-    allowed_domains: tuple[str, ...] = ()  # suffix match on the host: example.com keeps img.example.com
-    denied_domains: tuple[str, ...] = ()
-    shuffle_seed: int | None = None  # spreads each host's URLs over the shards, deterministically
+    Each rule's name in :class:`FilterReport` is its option's name.
+    """
+
+    url_col: str = shared(DownloadOptions, "url_col")
+    caption_col: str | None = shared(DownloadOptions, "caption_col")
+    save_additional_columns: tuple[str, ...] = shared(DownloadOptions, "save_additional_columns")
+    min_caption_length: int | None = option(None, "Drop rows whose caption is shorter (characters).", ge=0)
+    min_width: int | None = option(None, "Drop rows whose declared width (width_col) is smaller.", ge=0)
+    min_height: int | None = option(None, "Drop rows whose declared height (height_col) is smaller.", ge=0)
+    # LAION's names; DuckDB matches column names case-insensitively
+    width_col: str = option("WIDTH", "Column of the declared image width.")
+    height_col: str = option("HEIGHT", "Column of the declared image height.")
+    max_filter_aspect_ratio: float | None = option(
+        None, "Drop rows whose declared long/short side ratio exceeds this.", gt=0
+    )
+    min_similarity: float | None = option(None, "Drop rows whose similarity_col is lower.")
+    similarity_col: str = option("similarity", "Column of the image-text similarity score.")
+    max_punsafe: float | None = option(None, "Drop rows whose punsafe_col (NSFW probability) is higher.")
+    punsafe_col: str = option("punsafe", "Column of the NSFW probability.")
+    max_pwatermark: float | None = option(None, "Drop rows whose pwatermark_col is higher.")
+    pwatermark_col: str = option("pwatermark", "Column of the watermark probability.")
+    allowed_domains: tuple[str, ...] = option(
+        (), "Keep only these domains (suffix match: example.com keeps img.example.com)."
+    )
+    denied_domains: tuple[str, ...] = option((), "Drop these domains (suffix match).")
+    shuffle_seed: int | None = option(
+        None, "Shuffle rows deterministically, spreading each host's URLs over the shards."
+    )
 
     def __post_init__(self) -> None:
         # Config systems hand over lists (or None) where tuples are stored.
@@ -80,6 +92,7 @@ class FilterSettings:
                 setattr(self, name, tuple(v.strip() for v in value.split(",") if v.strip()))
             else:
                 setattr(self, name, tuple(value))
+        check(self)
 
 
 @dataclass
@@ -337,13 +350,13 @@ def _filter(
 
     threshold("min_width", "width", s.min_width, "<")
     threshold("min_height", "height", s.min_height, "<")
-    if s.max_aspect_ratio is not None:
+    if s.max_filter_aspect_ratio is not None:
         if filter_cols["width"] is None or filter_cols["height"] is None:
-            skipped["max_aspect_ratio"] = why_absent["width"] or why_absent["height"]
+            skipped["max_filter_aspect_ratio"] = why_absent["width"] or why_absent["height"]
         else:
             w, h = num("width"), num("height")
             ratio = f"greatest({w}, {h}) / NULLIF(least({w}, {h}), 0)"
-            rules.append(("max_aspect_ratio", f"{ratio} > {_double(s.max_aspect_ratio)}"))
+            rules.append(("max_filter_aspect_ratio", f"{ratio} > {_double(s.max_filter_aspect_ratio)}"))
     threshold("min_similarity", "similarity", s.min_similarity, "<")
     threshold("max_punsafe", "punsafe", s.max_punsafe, ">")
     threshold("max_pwatermark", "pwatermark", s.max_pwatermark, ">")

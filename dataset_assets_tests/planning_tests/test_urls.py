@@ -25,7 +25,7 @@ CRAFTED: list[tuple[tuple, str | None]] = [
     (("http://b.com/2.jpg", "ab", 500, 500, 0.3, 0.1), "min_caption_length"),
     (("http://b.com/3.jpg", "good caption", 50, 500, 0.3, 0.1), "min_width"),
     (("http://b.com/4.jpg", "good caption", 500, 50, 0.3, 0.1), "min_height"),
-    (("http://b.com/5.jpg", "good caption", 1000, 200, 0.3, 0.1), "max_aspect_ratio"),
+    (("http://b.com/5.jpg", "good caption", 1000, 200, 0.3, 0.1), "max_filter_aspect_ratio"),
     (("http://b.com/6.jpg", "good caption", 500, 500, 0.1, 0.1), "min_similarity"),
     (("http://c.b.com/7.jpg", "good caption", 500, 500, 0.3, 0.9), "max_punsafe"),
     (("http://bad.com/8.jpg", "good caption", 500, 500, 0.3, 0.1), "denied_domains"),
@@ -40,7 +40,7 @@ SETTINGS = FilterSettings(
     min_caption_length=5,
     min_width=100,
     min_height=100,
-    max_aspect_ratio=3.0,
+    max_filter_aspect_ratio=3.0,
     min_similarity=0.2,
     max_punsafe=0.5,
     max_pwatermark=0.5,  # no such column: skipped
@@ -100,7 +100,7 @@ def test_exact_sequential_counts(tmp_path: Path, suffix: str) -> None:
         "min_caption_length": 0,
         "min_width": 0,
         "min_height": 0,
-        "max_aspect_ratio": 0,
+        "max_filter_aspect_ratio": 0,
         "min_similarity": 0,
         "max_punsafe": 0,
         "denied_domains": 0,
@@ -146,14 +146,14 @@ def test_missing_filter_columns_are_skipped(tmp_path: Path) -> None:
     path = tmp_path / "urls.txt"
     path.write_text("http://a.com/1\nhttp://a.com/1#x\nhttp://b.com/2\n")
     settings = FilterSettings(
-        min_width=10, max_aspect_ratio=2, min_similarity=0.3, max_punsafe=0.5, min_caption_length=3
+        min_width=10, max_filter_aspect_ratio=2, min_similarity=0.3, max_punsafe=0.5, min_caption_length=3
     )
     report = filter_urls(str(path), "txt", str(tmp_path / "f.parquet"), settings)
     assert report.removed == {"invalid_url": 0, "duplicate": 1}
     assert set(report.skipped_rules) == {
         "min_caption_length",
         "min_width",
-        "max_aspect_ratio",
+        "max_filter_aspect_ratio",
         "min_similarity",
         "max_punsafe",
     }
@@ -166,10 +166,10 @@ def test_lower_case_width_height_columns(tmp_path: Path) -> None:
     pq.write_table(
         pa.table({"url": ["http://a/1", "http://a/2"], "width": [10, 500], "height": [500, 500]}), path
     )
-    settings = FilterSettings(min_width=100, max_aspect_ratio=math.inf)
+    settings = FilterSettings(min_width=100, max_filter_aspect_ratio=math.inf)
     report = filter_urls(str(path), "parquet", str(tmp_path / "f.parquet"), settings)
     assert report.removed["min_width"] == 1
-    assert report.removed["max_aspect_ratio"] == 0
+    assert report.removed["max_filter_aspect_ratio"] == 0
     assert pq.read_schema(tmp_path / "f.parquet").names == ["url", "width", "height"]
 
 
