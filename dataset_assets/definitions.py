@@ -1,7 +1,9 @@
 """The code location: every asset, check, job and schedule, bound to the dataset spec.
 
-The spec comes from the YAML file named by ``DATASET_SPEC`` (default: the bundled demo spec);
-any key can be overridden per run under ``resources.dataset.config``. ``s3://`` locations in
+The spec comes from the YAML file named by ``DATASET_SPEC`` (required: an unset variable is a
+load error that says so, in the UI too); keys that are not fixed per dataset can be overridden
+per run under ``resources.dataset.config``. Loading is lazy (``@dg.definitions``): importing
+this module reads no spec, so tools and tests import it freely. ``s3://`` locations in
 the spec are reached with the ``s3`` resource, read from the standard AWS environment variables
 (``AWS_ENDPOINT_URL`` for MinIO/R2, ``AWS_REGION``, credentials) or boto's credential chain.
 """
@@ -40,4 +42,7 @@ def build_defs(spec: DatasetSpec, s3: S3Resource | None = None) -> dg.Definition
     )
 
 
-defs = build_defs(load_spec())
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location, for the spec named by ``DATASET_SPEC``, read when Dagster loads it."""
+    return build_defs(load_spec())

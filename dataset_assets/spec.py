@@ -26,7 +26,8 @@ from dataset_assets.schema.option import problem
 
 SHARDS_PER_RUN = catalogue.SHARDS_PER_RUN
 
-DEFAULT_SPEC = Path(__file__).parent / "demo" / "demo_spec.yaml"
+# The demo's template (``python -m dataset_assets.demo`` fills in its paths); never a fallback.
+DEMO_SPEC_TEMPLATE = Path(__file__).parent / "demo" / "demo_spec.yaml"
 SPEC_ENV = "DATASET_SPEC"
 
 
@@ -117,10 +118,17 @@ DatasetSpec = _spec_model()
 
 
 def spec_path() -> str | Path:
-    value = os.environ.get(SPEC_ENV)
-    if value and is_remote_url(value):
+    """The spec file named by ``DATASET_SPEC``; unset is an error, never a silent default (a
+    forgotten variable must not quietly build the demo, with private addresses allowed)."""
+    value = os.environ.get(SPEC_ENV, "").strip()
+    if not value:
+        raise SpecError(
+            f"{SPEC_ENV} is not set: name your dataset's spec file (e.g. {SPEC_ENV}=my_spec.yaml, or an "
+            "s3:// URL); for the demo, run `python -m dataset_assets.demo` and use the command it prints"
+        )
+    if is_remote_url(value):
         return value
-    return Path(value or DEFAULT_SPEC)
+    return Path(value)
 
 
 def _read_text(path: str | Path) -> str:

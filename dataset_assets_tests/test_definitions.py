@@ -71,9 +71,15 @@ def _keys(folder: Path) -> list[tuple[str, str, str | None]]:
     return sorted(rows)
 
 
-def test_definitions_load_with_the_default_spec() -> None:
-    from dataset_assets.definitions import defs
+def test_definitions_load_lazily_and_only_with_an_explicit_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataset_assets.definitions import defs as load_defs
+    from dataset_assets.spec import DEMO_SPEC_TEMPLATE
 
+    monkeypatch.delenv("DATASET_SPEC", raising=False)
+    with pytest.raises(SpecError, match="DATASET_SPEC is not set"):
+        load_defs()  # no silent fallback to the demo spec
+    monkeypatch.setenv("DATASET_SPEC", str(DEMO_SPEC_TEMPLATE))
+    defs = load_defs()
     dg.Definitions.validate_loadable(defs)
     assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} == {
         "filtered_urls",

@@ -8,8 +8,8 @@ from dagster_aws.s3 import S3Resource
 
 from dataset_assets.assets.urls import url_shards
 from dataset_assets.engine.reader import InputShard
-from dataset_assets.engine.records import shard_name
-from dataset_assets.engine.runner import download_shards, is_shard_complete, read_shard_stats
+from dataset_assets.engine.runner import already_done, download_shards, read_shard_stats
+from dataset_assets.engine.shards.layout import parquet_name, shard_name
 from dataset_assets.engine.stats import ShardStats
 from dataset_assets.engine.storage import OutputFolder, read_parquet
 from dataset_assets.partitions import shards_partitions
@@ -32,8 +32,8 @@ def image_shards(
     which ``build_defs`` makes the BackfillPolicy). They share one worker pool, so Dagster's
     start-up and the pool's are paid once and each shard's slowest requests overlap the next
     one's; every partition still gets its own metadata. A shard already complete on disk is
-    reported, not downloaded again (unless ``overwrite``), so a backfill over all partitions
-    doubles as a cheap "resume what is missing".
+    reported, not downloaded again (unless ``incremental_mode`` says otherwise), so a backfill
+    over all partitions doubles as a cheap "resume what is missing".
     """
     spec = dataset.spec()
     options = spec.download_options()
@@ -42,7 +42,7 @@ def image_shards(
     keys = {int(key): key for key in context.partition_keys}
     todo = []
     for shard_id, key in keys.items():
-        if options.incremental_mode == "incremental" and is_shard_complete(output, shard_id, options):
+        if already_done(output, shard_id, options):
             context.log.info(f"shard {key} already complete; not downloading it again")
             context.add_asset_metadata(
                 shard_metadata(read_shard_stats(output, shard_id, options)), partition_key=key
@@ -54,7 +54,7 @@ def image_shards(
         # Consumed by the pool's feeder thread, lazily: one shard's rows at a time.
         for shard_id in todo:
             name = shard_name(shard_id, spec.oom_shard_count)
-            path = posixpath.join(spec.shard_inputs_folder, f"{name}.parquet")
+            path = posixpath.join(spec.shard_inputs_folder, parquet_name(name))
             yield InputShard(shard_id, read_parquet(path, storage_options))
 
     if todo:

@@ -36,7 +36,9 @@ def build_dataset(
 ) -> BuildOutcome:
     """Ingest, then every registered shard missing from the instance, then verify and publish."""
     if defs is None:
-        from dataset_assets.definitions import defs
+        from dataset_assets.definitions import defs as load_defs
+
+        defs = load_defs()
     instance = instance or dg.DagsterInstance.get()
     job = defs.resolve_implicit_global_asset_job_def()
     job.execute_in_process(instance=instance, asset_selection=INGEST)

@@ -17,7 +17,7 @@ import yaml
 
 from dataset_assets.demo.images import make_image, web_like_sizes
 from dataset_assets.demo.server import ImageServer
-from dataset_assets.spec import DEFAULT_SPEC
+from dataset_assets.spec import DEMO_SPEC_TEMPLATE
 
 CAPTION_WORDS = (
     "red",
@@ -110,7 +110,7 @@ def write_url_list(path: Path, server: ImageServer, names: list[str]) -> int:
 
 
 def write_spec(paths: DemoPaths) -> None:
-    spec = yaml.safe_load(DEFAULT_SPEC.read_text())
+    spec = yaml.safe_load(DEMO_SPEC_TEMPLATE.read_text())
     spec.update(url_list=str(paths.urls), output_folder=str(paths.dataset))
     paths.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.reader import count_rows, iter_input_shards
-from dataset_assets.engine.runner import DownloadPool, is_shard_complete, read_shard_stats
+from dataset_assets.engine.runner import DownloadPool, already_done, read_shard_stats
 from dataset_assets.engine.stats import ShardStats
 from dataset_assets.engine.storage import OutputFolder
 
@@ -26,7 +26,7 @@ def download(
     already_complete: list[int] = []
 
     def complete(shard_id: int) -> bool:
-        done = options.incremental_mode == "incremental" and is_shard_complete(output, shard_id, options)
+        done = already_done(output, shard_id, options)
         if done:
             already_complete.append(shard_id)
         return done

@@ -14,13 +14,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from dataset_assets.engine.shards.registry import FORMATS
 from dataset_assets.schema.option import OptionError, check, option
 
 __all__ = ["DownloadOptions", "OptionError"]
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 ENCODE_FORMATS = ("jpg", "png", "webp")
-OUTPUT_FORMATS = ("webdataset", "parquet", "files", "dummy")
 INPUT_FORMATS = (
     "txt",
     "txt.gz",
@@ -88,7 +88,9 @@ class DownloadOptions:
     )
 
     # --- output (layout keys: fixed per dataset) ---
-    output_format: str = option("files", "Shard format on disk.", choices=OUTPUT_FORMATS, fixed=True)
+    output_format: str = option(
+        "files", "Shard format on disk (one class each in engine/shards).", choices=tuple(FORMATS), fixed=True
+    )
     number_sample_per_shard: int = option(10_000, "Rows per shard.", gt=0, fixed=True)
     oom_shard_count: int = option(
         5, "Digits of shard numbers in file names (00042.tar for 5).", ge=0, fixed=True

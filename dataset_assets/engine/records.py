@@ -42,25 +42,3 @@ class SampleResult:
     bytes_downloaded: int = 0
     worker_pid: int = 0
     worker_peak_rss_kb: int = 0  # the worker's peak memory so far (ru_maxrss)
-
-
-def compute_key(index: int, shard_id: int, number_sample_per_shard: int, oom_shard_count: int) -> str:
-    """img2dataset's positional key: shard id and row index, zero-padded, stable across re-runs."""
-    # ceil(log10(nsps)) digits for the row: 4 for nsps=10000 (SSSSSIIII), 1 for nsps=3.
-    oom_sample = key_digits(number_sample_per_shard)
-    value = 10**oom_sample * shard_id + index
-    return str(value).zfill(oom_sample + oom_shard_count)
-
-
-def key_digits(n: int) -> int:
-    """ceil(log10(n)) in integers: the digits a row index takes in a key."""
-    digits = 0
-    power = 1
-    while power < n:
-        power *= 10
-        digits += 1
-    return digits
-
-
-def shard_name(shard_id: int, oom_shard_count: int) -> str:
-    return str(shard_id).zfill(oom_shard_count)

@@ -8,13 +8,12 @@ rows go to the workers; the new shard replaces the old one atomically.
 
 from __future__ import annotations
 
-import tarfile
-from collections.abc import Iterator
-
 import pyarrow.parquet as pq
 
 from dataset_assets.engine.options import DownloadOptions
-from dataset_assets.engine.records import SUCCESS, SampleResult, key_digits, shard_name
+from dataset_assets.engine.records import SUCCESS, SampleResult
+from dataset_assets.engine.shards.layout import parquet_name, row_index, shard_name
+from dataset_assets.engine.shards.registry import shard_format
 from dataset_assets.engine.storage import OutputFolder
 
 
@@ -23,16 +22,17 @@ def previous_successes(
 ) -> dict[int, SampleResult]:
     """The committed shard's successful rows by row index, with their stored images."""
     shard = shard_name(shard_id, options.oom_shard_count)
-    if options.output_format == "dummy":
+    fmt = shard_format(options.output_format)
+    if not fmt.writes_parquet:
         return {}
     hash_col = options.compute_hash
-    table = pq.read_table(output.path(f"{shard}.parquet"))
-    stride = 10 ** key_digits(options.number_sample_per_shard)
+    table = pq.read_table(output.path(parquet_name(shard)), filesystem=output.fs)
+    nsps = options.number_sample_per_shard
     results: dict[int, SampleResult] = {}
     for row in table.to_pylist():
         if row["status"] != SUCCESS:
             continue
-        index = int(row["key"]) - shard_id * stride
+        index = row_index(row["key"], shard_id, nsps)
         results[index] = SampleResult(
             shard_id,
             index,
@@ -43,29 +43,12 @@ def previous_successes(
             original_height=row["original_height"],
             exif=row.get("exif"),
             hash=row.get(hash_col) if hash_col else None,
-            image=row.get(options.encode_format) if options.output_format == "parquet" else None,
+            image=row.get(options.encode_format) if fmt.images_in_parquet else None,
         )
-    if options.output_format != "parquet":
-        for key, data in _stored_images(output, shard, options):
-            index = int(key) - shard_id * stride
+    if not fmt.images_in_parquet:
+        for sample in fmt.read_samples(output, shard, options.encode_format):
+            index = row_index(sample.key, shard_id, nsps)
             if index in results:
-                results[index].image = data
+                results[index].image = sample.image
     # A success whose image went missing is retried rather than kept without its image.
     return {i: r for i, r in results.items() if r.image is not None}
-
-
-def _stored_images(output: OutputFolder, shard: str, options: DownloadOptions) -> Iterator[tuple[str, bytes]]:
-    suffix = f".{options.encode_format}"
-    if options.output_format == "webdataset":
-        with (
-            output.fs.open(output.path(f"{shard}.tar"), "rb") as handle,
-            tarfile.open(fileobj=handle, mode="r|") as tar,
-        ):
-            for member in tar:
-                if member.name.endswith(suffix):
-                    extracted = tar.extractfile(member)
-                    if extracted is not None:
-                        yield member.name[: -len(suffix)], extracted.read()
-    elif options.output_format == "files":
-        for path in output.fs.glob(output.path(shard, f"*{suffix}")):
-            yield path.rsplit("/", 1)[-1][: -len(suffix)], output.fs.cat_file(path)

@@ -29,12 +29,13 @@ import pyarrow as pa
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.politeness import worker_for
 from dataset_assets.engine.reader import InputShard
-from dataset_assets.engine.records import FetchTask, SampleResult, shard_name
+from dataset_assets.engine.records import FetchTask, SampleResult
 from dataset_assets.engine.resume import previous_successes
+from dataset_assets.engine.shards.layout import shard_name, stats_name
+from dataset_assets.engine.shards.writer import ShardWriter
 from dataset_assets.engine.stats import ShardStats
 from dataset_assets.engine.storage import OutputFolder
 from dataset_assets.engine.worker import drain, worker_main
-from dataset_assets.engine.writers import ShardWriter, stats_name
 
 TASK_CHUNK = 16
 WORKER_QUEUE_CHUNKS = 8
@@ -47,6 +48,16 @@ JOIN_TIMEOUT_S = 5.0
 
 def is_shard_complete(output: OutputFolder, shard_id: int, options: DownloadOptions) -> bool:
     return output.exists(stats_name(shard_name(shard_id, options.oom_shard_count)))
+
+
+def already_done(output: OutputFolder, shard_id: int, options: DownloadOptions) -> bool:
+    """Whether a shard is left as it is: the one rule of skip / overwrite / retry_failed.
+
+    ``incremental`` skips complete shards; ``overwrite`` redoes them; ``retry_failed`` opens
+    them again (the pool keeps their successes and fetches only their failed rows). Callers that
+    want to avoid even reading a skipped shard's input (the reader, the assets) ask here too.
+    """
+    return options.incremental_mode == "incremental" and is_shard_complete(output, shard_id, options)
 
 
 def read_shard_stats(output: OutputFolder, shard_id: int, options: DownloadOptions) -> ShardStats:

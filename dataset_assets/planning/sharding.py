@@ -32,7 +32,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dataset_assets.engine.records import shard_name
+from dataset_assets.engine.shards.layout import shard_name
 from dataset_assets.engine.storage import OBJECT_STORE_PROTOCOLS, StorageOptions, filesystem, full_url
 
 MANIFEST_NAME = "_manifest.json"

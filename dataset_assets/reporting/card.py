@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +20,10 @@ import yaml
 
 from dataset_assets.engine.fetch import user_agent
 from dataset_assets.engine.options import DownloadOptions
+from dataset_assets.engine.shards.formats import ShardReadError
+from dataset_assets.engine.shards.layout import parquet_name, stats_name
+from dataset_assets.engine.shards.registry import shard_format
 from dataset_assets.engine.storage import OutputFolder
-from dataset_assets.engine.writers import stats_name
 
 CARD_NAME = "DATASET_CARD.md"
 GRID_NAME = "DATASET_CARD_samples.jpg"
@@ -72,9 +73,9 @@ def build_card(output_folder: str | OutputFolder, inputs: CardInputs) -> Card:
             bytes_written=stats.get("bytes_written", 0),
         )
         statuses.update(stats["status_dict"])
-        if inputs.options.output_format != "dummy":
+        if shard_format(inputs.options.output_format).writes_parquet:
             table = pq.read_table(
-                output.path(f"{shard}.parquet"),
+                output.path(parquet_name(shard)),
                 columns=["original_width", "original_height"],
                 filesystem=output.fs,
             )
@@ -213,25 +214,19 @@ def _thumbnail_grid(output: OutputFolder, inputs: CardInputs) -> bytes | None:
 
 def _first_images(output: OutputFolder, inputs: CardInputs, wanted: int) -> list[bytes]:
     found: list[bytes] = []
-    ext = inputs.options.encode_format
+    fmt = shard_format(inputs.options.output_format)
     for shard in inputs.shard_keys:
         if len(found) >= wanted:
             break
-        if inputs.options.output_format == "webdataset" and output.exists(f"{shard}.tar"):
-            with (
-                output.fs.open(output.path(f"{shard}.tar"), "rb") as handle,
-                tarfile.open(fileobj=handle, mode="r|") as tar,
-            ):
-                for member in tar:
-                    if member.name.endswith(f".{ext}"):
-                        extracted = tar.extractfile(member)
-                        if extracted is not None:
-                            found.append(extracted.read())
-                    if len(found) >= wanted:
-                        break
-        elif inputs.options.output_format == "files":
-            for path in sorted(output.fs.glob(output.path(shard, f"*.{ext}")))[: wanted - len(found)]:
-                found.append(output.fs.cat_file(path))
+        if not output.exists(stats_name(shard)):
+            continue
+        try:
+            for sample in fmt.read_samples(output, shard, inputs.options.encode_format):
+                found.append(sample.image)
+                if len(found) >= wanted:
+                    break
+        except ShardReadError:
+            continue  # verification reports it; the card shows the images it can read
     return found
 
 

@@ -8,10 +8,7 @@ was written.
 
 from __future__ import annotations
 
-import json
 import posixpath
-import tarfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,8 +18,10 @@ import pyarrow.parquet as pq
 
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.records import SUCCESS
+from dataset_assets.engine.shards.formats import ReadSample, ShardReadError
+from dataset_assets.engine.shards.layout import parquet_name, stats_name
+from dataset_assets.engine.shards.registry import shard_format
 from dataset_assets.engine.storage import OutputFolder, StorageOptions
-from dataset_assets.engine.writers import stats_name
 
 MAX_LISTED = 20  # problems listed per check; the count is always exact
 
@@ -99,10 +98,10 @@ def verify_dataset(
                 checks["checksums_match"].add(f"{final} is missing")
             elif output.sha256(output.path(final)) != expected:
                 checks["checksums_match"].add(f"{final} changed since it was written (sha256 differs)")
-        if options.output_format == "dummy":
+        if not shard_format(options.output_format).writes_parquet:
             continue
         table = pq.read_table(
-            output.path(f"{shard}.parquet"),
+            output.path(parquet_name(shard)),
             columns=["key", "status", "width", "height"],
             filesystem=output.fs,
         )
@@ -158,7 +157,7 @@ def verify_dataset(
 
 def _input_rows(shard_inputs_folder: str, shard: str, storage_options: StorageOptions | None = None) -> int:
     output = OutputFolder(shard_inputs_folder, storage_options)
-    with output.fs.open(posixpath.join(output.root, f"{shard}.parquet"), "rb") as handle:
+    with output.fs.open(posixpath.join(output.root, parquet_name(shard)), "rb") as handle:
         return pq.ParquetFile(handle).metadata.num_rows
 
 
@@ -172,68 +171,39 @@ def _verify_samples(
 ) -> None:
     """Decode every stored image and compare its size with the recorded width/height."""
     found: set[str] = set()
-    for key, data, meta in _iter_samples(output, shard, options):
-        found.add(key)
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            outcome.add(f"shard {shard}: {key} does not decode")
-            continue
-        report.samples_decoded += 1
-        expected = sizes.get(key)
-        actual = (image.shape[1], image.shape[0])
-        if expected is None:
-            outcome.add(f"shard {shard}: {key} is stored but not a success in the parquet")
-        elif actual != expected:
-            outcome.add(
-                f"shard {shard}: {key} is {actual[0]}x{actual[1]}, metadata says {expected[0]}x{expected[1]}"
-            )
-        if meta is not None and (meta.get("width"), meta.get("height")) != actual:
-            outcome.add(f"shard {shard}: {key}.json size disagrees with the image")
+    try:
+        for sample in shard_format(options.output_format).read_samples(output, shard, options.encode_format):
+            found.add(sample.key)
+            _verify_sample(shard, sample, sizes, outcome, report)
+    except ShardReadError as error:
+        outcome.add(f"shard {shard}: {error}")
     for key in sorted(set(sizes) - found)[:MAX_LISTED]:
         outcome.add(f"shard {shard}: success {key} has no stored image")
 
 
-def _iter_samples(
-    output: OutputFolder, shard: str, options: DownloadOptions
-) -> Iterator[tuple[str, bytes, dict[str, Any] | None]]:
-    ext = options.encode_format
-    if options.output_format == "webdataset":
-        pending_json: dict[str, dict[str, Any]] = {}
-        images: dict[str, bytes] = {}
-        try:
-            with (
-                output.fs.open(output.path(f"{shard}.tar"), "rb") as handle,
-                tarfile.open(fileobj=handle, mode="r|") as tar,
-            ):
-                for member in tar:
-                    key, _, suffix = member.name.partition(".")
-                    extracted = tar.extractfile(member)
-                    if extracted is None:
-                        continue
-                    payload = extracted.read()
-                    if suffix == "json":
-                        pending_json[key] = json.loads(payload)
-                    elif suffix == ext:
-                        images[key] = payload
-                    if key in images and key in pending_json:
-                        yield key, images.pop(key), pending_json.pop(key)
-        except (tarfile.TarError, OSError, EOFError) as error:
-            yield f"{shard}.tar", b"", {"error": str(error)}
-        for key, payload in images.items():
-            yield key, payload, None
-    elif options.output_format == "files":
-        folder = output.path(shard)
-        for path in sorted(output.fs.glob(f"{folder}/*.{ext}")):
-            key = posixpath.basename(path)[: -len(ext) - 1]
-            meta_path = f"{folder}/{key}.json"
-            meta = json.loads(output.fs.cat_file(meta_path)) if output.fs.exists(meta_path) else None
-            yield key, output.fs.cat_file(path), meta
-    elif options.output_format == "parquet":
-        table = pq.read_table(
-            output.path(f"{shard}.parquet"), columns=["key", "status", ext], filesystem=output.fs
+def _verify_sample(
+    shard: str,
+    sample: ReadSample,
+    sizes: dict[str, tuple[int, int]],
+    outcome: CheckOutcome,
+    report: VerificationReport,
+) -> None:
+    key, meta = sample.key, sample.meta
+    try:
+        image = cv2.imdecode(np.frombuffer(sample.image, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        image = None
+    if image is None:
+        outcome.add(f"shard {shard}: {key} does not decode")
+        return
+    report.samples_decoded += 1
+    expected = sizes.get(key)
+    actual = (image.shape[1], image.shape[0])
+    if expected is None:
+        outcome.add(f"shard {shard}: {key} is stored but not a success in the parquet")
+    elif actual != expected:
+        outcome.add(
+            f"shard {shard}: {key} is {actual[0]}x{actual[1]}, metadata says {expected[0]}x{expected[1]}"
         )
-        for key, status, payload in zip(
-            *(table.column(c).to_pylist() for c in ("key", "status", ext)), strict=True
-        ):
-            if status == SUCCESS and payload is not None:
-                yield key, payload, None
+    if meta is not None and (meta.get("width"), meta.get("height")) != actual:
+        outcome.add(f"shard {shard}: {key}'s metadata size disagrees with the image")

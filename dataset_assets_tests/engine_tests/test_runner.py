@@ -14,8 +14,8 @@ import pytest
 import webdataset as wds
 
 from dataset_assets.demo.server import ImageServer, ServerConfig
-from dataset_assets.engine.records import compute_key
 from dataset_assets.engine.runner import DownloadPool, InputShard, download_shard
+from dataset_assets.engine.shards.layout import compute_key
 from dataset_assets_tests.conftest import local_options, process_alive, rows
 
 
