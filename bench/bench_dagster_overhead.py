@@ -57,7 +57,7 @@ import sys, posixpath
 from dataset_assets.spec import load_spec
 from dataset_assets.engine.reader import InputShard
 from dataset_assets.engine.runner import download_shards
-from dataset_assets.engine.storage import read_parquet
+from dataset_assets.io.storage import read_parquet
 spec = load_spec(sys.argv[1])
 def inputs():
     for shard_id in range(int(sys.argv[2])):

@@ -28,7 +28,7 @@ import dagster as dg
 import pydantic
 from dagster_aws.s3 import S3Resource
 
-from dataset_assets.engine.storage import url_protocol
+from dataset_assets.io.storage import url_protocol
 from dataset_assets.schema import catalogue
 from dataset_assets.spec import DatasetSpec, spec_from_mapping
 

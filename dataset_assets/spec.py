@@ -19,7 +19,7 @@ import yaml
 from pydantic import Field
 
 from dataset_assets.engine import DownloadOptions, OptionError
-from dataset_assets.engine.storage import filesystem, is_remote_url
+from dataset_assets.io.storage import filesystem, is_remote_url
 from dataset_assets.planning import FilterSettings
 from dataset_assets.schema import catalogue
 from dataset_assets.schema.option import problem

@@ -11,6 +11,7 @@ PLAIN_PACKAGES = [
     "dataset_assets.reporting",
     "dataset_assets.cli",
     "dataset_assets.schema",
+    "dataset_assets.io",
 ]
 
 

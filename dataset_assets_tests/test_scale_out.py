@@ -37,7 +37,7 @@ from dataset_assets.demo.images import corpus_images
 from dataset_assets.demo.server import ImageServer, ServerConfig
 from dataset_assets.engine import DownloadOptions
 from dataset_assets.engine.reader import iter_input_shards
-from dataset_assets.engine.storage import OutputFolder, options_for
+from dataset_assets.io.storage import OutputFolder, options_for
 from dataset_assets.partitions import RANGE_END_TAG, RANGE_START_TAG, shards_partitions
 from dataset_assets.planning import FilterSettings, filter_urls, read_manifest, sharding, write_shard_inputs
 from dataset_assets.resources import s3_resource_from_env, spec_storage_options, storage_options

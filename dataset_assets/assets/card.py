@@ -7,7 +7,7 @@ from dagster_aws.s3 import S3Resource
 
 from dataset_assets.assets.quality import REPORT_NAME, dataset_verification
 from dataset_assets.assets.urls import FILTER_REPORT_NAME
-from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.io.storage import OutputFolder
 from dataset_assets.partitions import shards_partitions
 from dataset_assets.reporting.card import CardInputs, build_card, card_spec, write_card
 from dataset_assets.resources import DatasetResource, spec_storage_options

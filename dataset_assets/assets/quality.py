@@ -9,7 +9,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from dataset_assets.assets.shards import image_shards
-from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.io.storage import OutputFolder
 from dataset_assets.partitions import shards_partitions
 from dataset_assets.reporting.verify import VerificationReport, verify_dataset
 from dataset_assets.resources import DatasetResource, spec_storage_options

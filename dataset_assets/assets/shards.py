@@ -11,7 +11,7 @@ from dataset_assets.engine.reader import InputShard
 from dataset_assets.engine.runner import already_done, download_shards, read_shard_stats
 from dataset_assets.engine.shards.layout import parquet_name, shard_name
 from dataset_assets.engine.stats import ShardStats
-from dataset_assets.engine.storage import OutputFolder, read_parquet
+from dataset_assets.io.storage import OutputFolder, read_parquet
 from dataset_assets.partitions import shards_partitions
 from dataset_assets.resources import DatasetResource, spec_storage_options
 

@@ -5,7 +5,7 @@ import dataclasses
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.io.storage import OutputFolder
 from dataset_assets.partitions import REGISTER_CHUNK, shards_partitions
 from dataset_assets.planning import filter_urls, write_shard_inputs
 from dataset_assets.resources import DatasetResource, spec_storage_options

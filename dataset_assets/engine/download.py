@@ -6,7 +6,7 @@ from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.reader import count_rows, iter_input_shards
 from dataset_assets.engine.runner import DownloadPool, already_done, read_shard_stats
 from dataset_assets.engine.stats import ShardStats
-from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.io.storage import OutputFolder
 
 
 def download(

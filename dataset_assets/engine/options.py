@@ -15,25 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from dataset_assets.engine.shards.registry import FORMATS
+from dataset_assets.io.sources import INPUT_FORMATS
 from dataset_assets.schema.option import OptionError, check, option
 
 __all__ = ["DownloadOptions", "OptionError"]
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 ENCODE_FORMATS = ("jpg", "png", "webp")
-INPUT_FORMATS = (
-    "txt",
-    "txt.gz",
-    "csv",
-    "csv.gz",
-    "tsv",
-    "tsv.gz",
-    "json",
-    "json.gz",
-    "jsonl",
-    "jsonl.gz",
-    "parquet",
-)
 HASH_TYPES = ("md5", "sha256", "sha512")
 INTERPOLATIONS = (
     "nearest",

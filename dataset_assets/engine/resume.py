@@ -14,7 +14,7 @@ from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.records import SUCCESS, SampleResult
 from dataset_assets.engine.shards.layout import parquet_name, row_index, shard_name
 from dataset_assets.engine.shards.registry import shard_format
-from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.io.storage import OutputFolder
 
 
 def previous_successes(

@@ -34,8 +34,8 @@ from dataset_assets.engine.resume import previous_successes
 from dataset_assets.engine.shards.layout import shard_name, stats_name
 from dataset_assets.engine.shards.writer import ShardWriter
 from dataset_assets.engine.stats import ShardStats
-from dataset_assets.engine.storage import OutputFolder
 from dataset_assets.engine.worker import drain, worker_main
+from dataset_assets.io.storage import OutputFolder
 
 TASK_CHUNK = 16
 WORKER_QUEUE_CHUNKS = 8

@@ -24,7 +24,6 @@ import os
 import posixpath
 import re
 import tempfile
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +32,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dataset_assets.engine.shards.layout import shard_name
-from dataset_assets.engine.storage import OBJECT_STORE_PROTOCOLS, StorageOptions, filesystem, full_url
+from dataset_assets.io.storage import (
+    StorageOptions,
+    filesystem,
+    full_url,
+    is_local_fs,
+    is_object_store_fs,
+    staged_file,
+)
 
 MANIFEST_NAME = "_manifest.json"
 _FINGERPRINT_KEY = b"dataset_assets.shard_fingerprint"
@@ -42,11 +48,6 @@ _MAX_BATCH_ROWS = 65_536
 # Remote shard files are staged locally and uploaded this many at a time (concurrently).
 _UPLOAD_BATCH = 32
 _STAMP_KEYS = ("size", "ETag", "etag", "md5Hash", "mtime", "LastModified", "last_modified", "ino")
-
-
-def _is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return bool(set(protocols) & OBJECT_STORE_PROTOCOLS)
 
 
 def read_manifest(out_dir: str, storage_options: StorageOptions | None = None) -> dict[str, Any] | None:
@@ -135,22 +136,15 @@ class _Publisher:
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str) -> None:
         self.fs = fs
         self.root = root
-        self.remote = _is_object_store(fs) or "file" not in (
-            fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-        )
+        self.remote = not is_local_fs(fs)
         self._staging = tempfile.TemporaryDirectory(prefix="plan-shards-") if self.remote else None
         self._pending: list[tuple[str, str]] = []
 
     def write(self, name: str, table: pa.Table) -> None:
         path = posixpath.join(self.root, name)
         if self._staging is None:
-            tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-            try:
+            with staged_file(path) as tmp:
                 pq.write_table(table, tmp, compression="zstd")
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
             return
         local = os.path.join(self._staging.name, name)
         pq.write_table(table, local, compression="zstd")
@@ -172,14 +166,8 @@ class _Publisher:
         if self.remote:
             self.fs.pipe_file(path, data)
             return
-        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with staged_file(path) as tmp, open(tmp, "wb") as handle:
+            handle.write(data)
 
     def close(self) -> None:
         if self._staging is not None:
@@ -205,7 +193,7 @@ def write_shard_inputs(
     fs, root = filesystem(out_dir, storage_options)
     root = root.rstrip("/") or "/"
     src_fs, src_path = filesystem(filtered_path, storage_options)
-    if not _is_object_store(fs):
+    if not is_object_store_fs(fs):
         fs.makedirs(root, exist_ok=True)
     previous = _read_manifest(fs, root)
     known = {

@@ -12,14 +12,14 @@ import contextlib
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import duckdb
 
 from dataset_assets.engine.options import DownloadOptions
-from dataset_assets.engine.reader import (
+from dataset_assets.io.sources import (
     InputError,
     connect,
     input_columns,
@@ -29,7 +29,7 @@ from dataset_assets.engine.reader import (
     sql_identifier,
     sql_string,
 )
-from dataset_assets.engine.storage import StorageOptions, filesystem, is_remote_url
+from dataset_assets.io.storage import StorageOptions, staged_file
 from dataset_assets.schema.option import check, option, shared
 
 _WHITESPACE = " \t\n\r\x0b\x0c"
@@ -406,7 +406,7 @@ def _filter(
         f"SELECT {projection} FROM {base} b SEMI JOIN (SELECT r FROM {verdict} WHERE rule = -1) v "
         f"ON b.rowid = v.r ORDER BY {order}"
     )
-    with _staged_output(output_path, storage_options) as local:
+    with staged_file(output_path, storage_options) as local:
         con.execute(f"COPY ({query}) TO {sql_string(local)} (FORMAT parquet, COMPRESSION zstd)")
         # Count per authority first (few distinct values), then fold authorities into hosts.
         top = con.execute(
@@ -423,29 +423,3 @@ def _filter(
         top_domains=[(h, int(n)) for h, n in top],
         columns=out_columns,
     )
-
-
-@contextlib.contextmanager
-def _staged_output(output_path: str, storage_options: StorageOptions | None) -> Iterator[str]:
-    """A local file to write, published at ``output_path`` only if the block completes.
-
-    Local output: a temp file beside it, then an atomic rename. Remote output: a local temp
-    file, then one upload (a single object PUT or a completed multipart upload, visible whole
-    or not at all); a failure before the upload completes leaves the old object, if any.
-    """
-    if is_remote_url(output_path):
-        fs, remote = filesystem(output_path, storage_options)
-        with tempfile.TemporaryDirectory(prefix="plan-output-") as folder:
-            local = os.path.join(folder, os.path.basename(remote) or "output.parquet")
-            yield local
-            fs.put_file(local, remote)
-        return
-    parent = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(output_path)}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, output_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

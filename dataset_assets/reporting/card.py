@@ -23,7 +23,7 @@ from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.shards.formats import ShardReadError
 from dataset_assets.engine.shards.layout import parquet_name, stats_name
 from dataset_assets.engine.shards.registry import shard_format
-from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.io.storage import OutputFolder
 
 CARD_NAME = "DATASET_CARD.md"
 GRID_NAME = "DATASET_CARD_samples.jpg"

@@ -21,7 +21,7 @@ from dataset_assets.engine.records import SUCCESS
 from dataset_assets.engine.shards.formats import ReadSample, ShardReadError
 from dataset_assets.engine.shards.layout import parquet_name, stats_name
 from dataset_assets.engine.shards.registry import shard_format
-from dataset_assets.engine.storage import OutputFolder, StorageOptions
+from dataset_assets.io.storage import OutputFolder, StorageOptions
 
 MAX_LISTED = 20  # problems listed per check; the count is always exact
 

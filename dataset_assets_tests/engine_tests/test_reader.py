@@ -12,14 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dataset_assets.engine.options import DownloadOptions
-from dataset_assets.engine.reader import (
-    InputError,
-    count_rows,
-    input_columns,
-    iter_input_shards,
-    list_input_files,
-    source_sql,
-)
+from dataset_assets.engine.reader import count_rows, iter_input_shards
+from dataset_assets.io.sources import InputError, input_columns, list_input_files, source_sql
 
 ROWS = [
     {"url": "http://example.com/a.jpg", "caption": "first, with comma", "score": 10},

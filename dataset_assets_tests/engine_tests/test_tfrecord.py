@@ -17,7 +17,7 @@ from dataset_assets.demo.server import ImageServer, ServerConfig
 from dataset_assets.engine.runner import download_shard
 from dataset_assets.engine.shards import tfrecord as tfr
 from dataset_assets.engine.shards.formats import ShardReadError
-from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.io.storage import OutputFolder
 from dataset_assets.reporting.verify import verify_dataset
 from dataset_assets_tests.conftest import local_options, rows
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dataset_assets.engine.reader import InputError
+from dataset_assets.io.sources import InputError
 from dataset_assets.planning import FilterSettings, filter_urls, normalize_url_sql, write_shard_inputs
 
 # (url, caption, WIDTH, HEIGHT, similarity, punsafe) and the rule expected to remove the row.

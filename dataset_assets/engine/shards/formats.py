@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol
 import pyarrow.parquet as pq
 
 from dataset_assets.engine.shards.layout import parquet_name
-from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.io.storage import OutputFolder
 
 # Containers are the only values that json.dumps(indent=4) lays out over several lines.
 _NESTED = (dict, list, tuple)

@@ -24,7 +24,7 @@ from dataset_assets.engine.shards.formats import (
     ShardReadError,
     StoredSample,
 )
-from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.io.storage import OutputFolder
 
 _MASK_DELTA = 0xA282EAD8
 # Feature's oneof field numbers.

@@ -16,7 +16,7 @@ from dataset_assets.engine.shards.formats import (
     StoredSample,
     sample_json,
 )
-from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.io.storage import OutputFolder
 
 
 class TarSink:

@@ -26,7 +26,7 @@ from dataset_assets.engine.shards.layout import (
 )
 from dataset_assets.engine.shards.registry import shard_format
 from dataset_assets.engine.stats import ShardStats
-from dataset_assets.engine.storage import OutputFolder
+from dataset_assets.io.storage import OutputFolder
 
 ROW_GROUP_ROWS = 1024
 

@@ -23,12 +23,14 @@ other processes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import posixpath
+import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 import fsspec
@@ -44,6 +46,16 @@ _LOCAL_PROTOCOLS = frozenset({"file", "local"})
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+
+
+def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
+    """A filesystem on this machine's disk (renames are atomic)."""
+    return bool(set(_protocols(fs)) & _LOCAL_PROTOCOLS)
+
+
+def is_object_store_fs(fs: fsspec.AbstractFileSystem) -> bool:
+    """A filesystem without real directories or renames: publishing is a whole-object write."""
+    return bool(set(_protocols(fs)) & OBJECT_STORE_PROTOCOLS)
 
 
 def url_protocol(url: str) -> str:
@@ -99,6 +111,34 @@ def read_parquet(url: str, storage_options: StorageOptions | None = None, **kwar
     fs, path = filesystem(url, storage_options)
     with fs.open(path, "rb") as handle:
         return pq.read_table(handle, **kwargs)
+
+
+@contextlib.contextmanager
+def staged_file(output_path: str, storage_options: StorageOptions | None = None) -> Iterator[str]:
+    """A local file to write, published at ``output_path`` only if the block completes.
+
+    The one door for files that a library (DuckDB's COPY, pyarrow) must write to a local path.
+
+    Local output: a temp file beside it, then an atomic rename. Remote output: a local temp
+    file, then one upload (a single object PUT or a completed multipart upload, visible whole
+    or not at all); a failure before the upload completes leaves the old object, if any.
+    """
+    if is_remote_url(output_path):
+        fs, remote = filesystem(output_path, storage_options)
+        with tempfile.TemporaryDirectory(prefix="dataset-assets-stage-") as folder:
+            local = os.path.join(folder, os.path.basename(remote) or "output.parquet")
+            yield local
+            fs.put_file(local, remote)
+        return
+    parent = os.path.dirname(os.path.abspath(output_path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(output_path)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, output_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class _DigestingFile:
@@ -169,11 +209,11 @@ class OutputFolder:
 
     @property
     def is_local(self) -> bool:
-        return bool(set(_protocols(self.fs)) & _LOCAL_PROTOCOLS)
+        return is_local_fs(self.fs)
 
     @property
     def is_object_store(self) -> bool:
-        return bool(set(_protocols(self.fs)) & OBJECT_STORE_PROTOCOLS)
+        return is_object_store_fs(self.fs)
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
