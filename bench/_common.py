@@ -65,7 +65,7 @@ def _mixed_params(rng: np.random.Generator, png_share: float) -> tuple[int, int,
 
 
 def _make_one(job: tuple[str, str, int, int, int, int]) -> int:
-    from dataset_assets.demo.images import make_image, pixels
+    from dataset_assets_tests.fakeweb.images import make_image, pixels
 
     path, kind, seed, index, width, height = job
     if kind == "laion":
@@ -100,7 +100,7 @@ def ensure_corpus(
     ``iter_corpus``), so a bigger corpus extends a smaller one; only missing files are
     generated, on every core.
     """
-    from dataset_assets.demo.images import web_like_sizes
+    from dataset_assets_tests.fakeweb.images import web_like_sizes
 
     if kind not in CORPUS_KINDS:
         raise ValueError(f"corpus kind {kind!r} is not one of {', '.join(CORPUS_KINDS)}")
@@ -143,7 +143,8 @@ def start_server(
     """The loopback image server: ``processes`` server processes sharing ``hosts`` addresses
     127.0.0.1.. between them (one process serves a few thousand requests/s: a many-core run
     needs several, or the server is what gets measured)."""
-    from dataset_assets.demo.server import ServerConfig, serve_in_subprocess
+    from dataset_assets_tests.fakeweb.process import serve_in_subprocess
+    from dataset_assets_tests.fakeweb.server import ServerConfig
 
     processes = max(1, min(processes, hosts))
     servers = []

@@ -7,7 +7,7 @@ Usage (from the repository root)::
 What it does:
 
 1. generates (once, cached under ``~/.cache/dataset_assets_bench``) ``--images`` synthetic
-   LAION-like JPEGs (dataset_assets.demo.images: ~50 KB mean, 100..1600 px sides);
+   LAION-like JPEGs (dataset_assets_tests.fakeweb.images: ~50 KB mean, 100..1600 px sides);
 2. serves them from the loopback image server in a separate process, on ``--hosts`` addresses
    127.0.0.1, 127.0.0.2, ... with ``--latency`` seconds of added delay per request, and writes a
    parquet URL list (URL, TEXT) whose rows go round-robin over the hosts;

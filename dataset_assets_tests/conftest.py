@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pytest
 
-from dataset_assets.demo.images import make_image
-from dataset_assets.demo.server import ImageServer, ServerConfig
 from dataset_assets.engine import DownloadOptions
+from dataset_assets_tests.fakeweb.images import make_image
+from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 from dataset_assets_tests.scale_fixtures import postgres_db, s3_server  # noqa: F401 - fixtures
 
 

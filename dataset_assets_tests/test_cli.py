@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from dataset_assets.demo.server import ImageServer, ServerConfig
 from dataset_assets_tests.conftest import process_alive
+from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
 CLI = [sys.executable, "-m", "dataset_assets.cli", "download"]
 

@@ -20,12 +20,12 @@ import yaml
 
 from dataset_assets.definitions import build_defs
 from dataset_assets.demo.build import DOWNLOAD, INGEST, PUBLISH, build_dataset
-from dataset_assets.demo.images import corpus_images
 from dataset_assets.demo.prepare import write_url_list
-from dataset_assets.demo.server import ImageServer, ServerConfig
 from dataset_assets.partitions import RANGE_END_TAG, RANGE_START_TAG, shards_partitions
 from dataset_assets.schedules import missing_shard_keys, resume_missing_shards
 from dataset_assets.spec import SpecError, load_spec, spec_from_mapping
+from dataset_assets_tests.fakeweb.images import corpus_images
+from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
 IMAGES = 24
 SHARD_SIZE = 8  # 24 images + 9 warts - 5 filtered = 28 rows -> 4 shards

@@ -33,8 +33,6 @@ from dagster_aws.s3 import S3Resource
 
 from dataset_assets.definitions import build_defs
 from dataset_assets.demo.build import DOWNLOAD, INGEST, PUBLISH, build_dataset
-from dataset_assets.demo.images import corpus_images
-from dataset_assets.demo.server import ImageServer, ServerConfig
 from dataset_assets.engine import DownloadOptions
 from dataset_assets.engine.reader import iter_input_shards
 from dataset_assets.io.storage import OutputFolder, options_for
@@ -42,6 +40,8 @@ from dataset_assets.partitions import RANGE_END_TAG, RANGE_START_TAG, shards_par
 from dataset_assets.planning import FilterSettings, filter_urls, read_manifest, sharding, write_shard_inputs
 from dataset_assets.resources import s3_resource_from_env, spec_storage_options, storage_options
 from dataset_assets.spec import spec_from_mapping
+from dataset_assets_tests.fakeweb.images import corpus_images
+from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 from dataset_assets_tests.scale_fixtures import (
     ACCESS_KEY,
     REGION,

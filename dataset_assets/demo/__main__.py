@@ -4,7 +4,9 @@
 
 It materialises the whole asset graph against a persistent Dagster instance
 (``{dir}/dagster_home``), one run per shard partition, exactly as a backfill would, then prints
-where the dataset and its card are and how to open the same instance in ``dagster dev``.
+where the dataset and its card are and how to open the same instance in ``dagster dev``. The
+image server is the tests' fake web (``dataset_assets_tests.fakeweb``): the demo runs from a
+checkout (README's first command), and the product image carries no test server.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from pathlib import Path
 
 from dataset_assets.demo.prepare import DemoPaths, prepare_demo
-from dataset_assets.demo.server import ImageServer, ServerConfig
+from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
 SERVER_LIFETIME_S = 1800.0
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from dataset_assets.demo.images import make_image, web_like_sizes
-from dataset_assets.demo.server import ImageServer
 from dataset_assets.spec import DEMO_SPEC_TEMPLATE
+from dataset_assets_tests.fakeweb.images import make_image, web_like_sizes
+from dataset_assets_tests.fakeweb.server import ImageServer
 
 CAPTION_WORDS = (
     "red",

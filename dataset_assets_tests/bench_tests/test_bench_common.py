@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench._common import corpus_name, start_server, write_url_list
-from dataset_assets.demo.images import make_image
+from dataset_assets_tests.fakeweb.images import make_image
 
 
 @pytest.mark.slow

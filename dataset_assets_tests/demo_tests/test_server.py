@@ -19,8 +19,9 @@ import cv2
 import numpy as np
 import pytest
 
-from dataset_assets.demo.images import corpus_images, make_image, web_like_sizes, write_corpus
-from dataset_assets.demo.server import ImageServer, ServerConfig, serve_in_subprocess
+from dataset_assets_tests.fakeweb.images import corpus_images, make_image, web_like_sizes, write_corpus
+from dataset_assets_tests.fakeweb.process import serve_in_subprocess
+from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
 SIZES = {"a.jpg": (64, 48), "b.png": (40, 30), "c.webp": (33, 77)}
 

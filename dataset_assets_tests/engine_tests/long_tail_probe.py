@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 
 from bench._common import corpus_name, start_server, write_url_list
 from bench.dns_server import SlowDns
-from dataset_assets.demo.images import make_image
 from dataset_assets.engine import DownloadOptions
 from dataset_assets.engine.runner import download_shard
+from dataset_assets_tests.fakeweb.images import make_image
 
 ROWS = 400
 NAMES = 300

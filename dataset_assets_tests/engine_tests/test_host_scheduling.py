@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dataset_assets.demo.images import make_image
-from dataset_assets.demo.server import ImageServer, ServerConfig
 from dataset_assets.engine.politeness import HostPoliteness, HostRefused, worker_for
 from dataset_assets.engine.runner import download_shard
 from dataset_assets_tests.conftest import local_options, rows
+from dataset_assets_tests.fakeweb.images import make_image
+from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
 
 def _messages(folder) -> list[str]:

@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from dataset_assets.demo.images import make_image
-from dataset_assets.demo.server import ImageServer, ServerConfig
 from dataset_assets.engine.robots import parse_robots
 from dataset_assets.engine.runner import download_shard
 from dataset_assets_tests.conftest import local_options, rows
+from dataset_assets_tests.fakeweb.images import make_image
+from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
 OK = ("success", None)
 

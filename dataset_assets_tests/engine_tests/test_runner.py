@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from dataset_assets.demo.server import ImageServer, ServerConfig
 from dataset_assets.engine.runner import DownloadPool, InputShard, download_shard
 from dataset_assets.engine.shards.layout import compute_key
 from dataset_assets_tests.conftest import local_options, process_alive, rows
+from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
 
 def _parquet(path: str) -> list[dict]:
@@ -157,7 +157,7 @@ def test_complete_shard_is_skipped_in_incremental_mode(image_server: ImageServer
 
 @pytest.mark.slow
 def test_ten_thousand_rows_spread_over_two_processes(tmp_path) -> None:
-    from dataset_assets.demo.images import make_image
+    from dataset_assets_tests.fakeweb.images import make_image
 
     images = {f"{i}.jpg": make_image(i, 48 + i, 40 + i) for i in range(20)}
     with ImageServer(images=images, config=ServerConfig(max_lifetime_s=300)) as server:
@@ -192,7 +192,7 @@ def test_interrupt_terminates_workers_and_commits_nothing(tmp_path) -> None:
 
 
 def test_retry_failed_refetches_only_failures_and_keeps_successes(tmp_path) -> None:
-    from dataset_assets.demo.images import make_image
+    from dataset_assets_tests.fakeweb.images import make_image
 
     images = {f"{i}.jpg": make_image(i, 90, 60) for i in range(6)}
     with ImageServer(images=dict(list(images.items())[:4]), config=ServerConfig(max_lifetime_s=60)) as server:

@@ -12,14 +12,14 @@ import pytest
 from tfrecord import example_pb2
 from tfrecord.reader import tfrecord_loader
 
-from dataset_assets.demo.images import make_image
-from dataset_assets.demo.server import ImageServer, ServerConfig
 from dataset_assets.engine.runner import download_shard
 from dataset_assets.engine.shards import tfrecord as tfr
 from dataset_assets.engine.shards.formats import ShardReadError
 from dataset_assets.io.storage import OutputFolder
 from dataset_assets.reporting.verify import verify_dataset
 from dataset_assets_tests.conftest import local_options, rows
+from dataset_assets_tests.fakeweb.images import make_image
+from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
 
 def test_example_encoding_is_what_protobuf_parses() -> None:
