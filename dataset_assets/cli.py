@@ -17,9 +17,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from dataset_assets import catalogue
 from dataset_assets.engine import DownloadOptions, OptionError
 from dataset_assets.engine.download import download
-from dataset_assets.schema import catalogue
 
 # img2dataset options without an effect here; accepted so existing command lines run.
 IGNORED_OPTIONS = {

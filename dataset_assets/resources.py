@@ -28,8 +28,8 @@ import dagster as dg
 import pydantic
 from dagster_aws.s3 import S3Resource
 
+from dataset_assets import catalogue
 from dataset_assets.io.storage import url_protocol
-from dataset_assets.schema import catalogue
 from dataset_assets.spec import DatasetSpec, spec_from_mapping
 
 # S3Resource field -> the AWS environment variables that set it, in precedence order.

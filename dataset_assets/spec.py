@@ -18,10 +18,10 @@ import pydantic
 import yaml
 from pydantic import Field
 
+from dataset_assets import catalogue
 from dataset_assets.engine import DownloadOptions, OptionError
 from dataset_assets.io.storage import filesystem, is_remote_url
 from dataset_assets.planning import FilterSettings
-from dataset_assets.schema import catalogue
 from dataset_assets.schema.option import problem
 
 SHARDS_PER_RUN = catalogue.SHARDS_PER_RUN

@@ -10,6 +10,7 @@ PLAIN_PACKAGES = [
     "dataset_assets.planning",
     "dataset_assets.reporting",
     "dataset_assets.cli",
+    "dataset_assets.catalogue",
     "dataset_assets.schema",
     "dataset_assets.io",
 ]

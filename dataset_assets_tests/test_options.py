@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dataset_assets import catalogue
 from dataset_assets.engine import DownloadOptions
 from dataset_assets.planning import FilterSettings
 from dataset_assets.resources import dataset_resource
-from dataset_assets.schema import catalogue
 from dataset_assets.spec import DatasetSpec, SpecError, load_spec, spec_from_mapping
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -24,7 +24,7 @@ def test_readme_option_table_is_the_schema() -> None:
     text = README.read_text(encoding="utf-8")
     assert catalogue.readme_section() in text, (
         "README's option table differs from the declared options: "
-        "run `python -m dataset_assets.schema.catalogue README.md`"
+        "run `python -m dataset_assets.catalogue README.md`"
     )
     table = text[text.index(catalogue.README_START) : text.index(catalogue.README_END)]
     listed = re.findall(r"^\| `(\w+)` \|", table.split("Deliberate differences")[0], flags=re.M)

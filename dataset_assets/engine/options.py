@@ -4,7 +4,7 @@ One frozen dataclass travels from the CLI / Dagster config to every worker proce
 pickled once per worker), so validation happens once, up front, with messages that name the
 option the user got wrong. Each field is the option's only declaration: the spec, the
 ``dataset`` resource, ``dataset-assets download --help`` and README's table are derived from it
-(see :mod:`dataset_assets.schema.catalogue`). Defaults follow img2dataset 1.47.0 except where
+(see :mod:`dataset_assets.catalogue`). Defaults follow img2dataset 1.47.0 except where
 its default is unsafe or slow; the help text says so.
 """
 

@@ -1,6 +1,6 @@
-"""Options declared once (:mod:`.option`) and the table of all of them (:mod:`.catalogue`).
+"""How an option is declared (:mod:`.option`): once, on the dataclass field of the block using it.
 
-Framework-free, like the engine: the engine's and the planner's blocks declare their options
-with :func:`.option.option`; the catalogue gathers them for the spec, the resource, the CLI and
-README. Import the catalogue lazily: it imports the blocks, which import :mod:`.option`.
+Framework-free and below every block: the engine's and the planner's blocks import it, and
+:mod:`dataset_assets.catalogue` (one floor up) gathers their declarations into the one table
+the spec, the ``dataset`` resource, the CLI and README are derived from.
 """

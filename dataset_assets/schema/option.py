@@ -3,7 +3,7 @@
 An option's name, type and default are the field's; its description, allowed values, bounds and
 whether it is fixed per dataset ride along in the field's metadata. Everything a
 user sees of an option (the spec model, the ``dataset`` resource, ``--help``, README's table) is
-derived from these declarations by :mod:`dataset_assets.schema.catalogue`, and one generic check
+derived from these declarations by :mod:`dataset_assets.catalogue`, and one generic check
 validates values against them, so an allowed value or a bound is written in exactly one place.
 """
 
