@@ -25,17 +25,17 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
-from typing import Any
 
 import cv2
 import numpy as np
-from PIL import ExifTags, Image
-from PIL.TiffImagePlugin import IFDRational
+from PIL import Image
 
+from dataset_assets.engine.blur import blur_boxes, parse_bboxes
+from dataset_assets.engine.exif import exif_dict
 from dataset_assets.engine.options import DownloadOptions
+from dataset_assets.engine.records import ImageRejected
 
 __all__ = ["ImageProcessor", "ImageRejected", "ProcessedImage"]
 
@@ -78,16 +78,8 @@ _WHITE = (255, 255, 255)
 _FLOAT_FASTER = frozenset({cv2.INTER_LANCZOS4, cv2.INTER_AREA})  # see _resample
 _FLOAT_RESAMPLE_LIMIT = 12_000_000  # values (pixels x channels): a 48 MB float32 copy at most
 
-# A bounding box coordinate this far outside [0, 1] is not a relative coordinate (most likely
-# pixels); anything closer is detector jitter at the image edge and is clamped.
-_BBOX_SLACK = 0.1
-
 
 Resample = Callable[[np.ndarray, tuple[int, int], int], np.ndarray]
-
-
-class ImageRejected(Exception):
-    """Raised for any image that cannot be stored; str(exc) is the per-row error_message."""
 
 
 @dataclass(slots=True)
@@ -179,7 +171,7 @@ class ImageProcessor:
         transposed = header.orientation in _TRANSPOSING
         width, height = (header.height, header.width) if transposed else (header.width, header.height)
         self._check_geometry(width, height)
-        boxes = _parse_bboxes(bboxes) if bboxes is not None and len(bboxes) else None
+        boxes = parse_bboxes(bboxes) if bboxes is not None and len(bboxes) else None
         plan = self._plan(width, height)
         exif = self._exif_column(header) if self._extract_exif else None
 
@@ -212,7 +204,7 @@ class ImageProcessor:
             if header.orientation != 1:
                 image = _orient(image, header.orientation)
             if boxes:
-                image = _blur_boxes(image, boxes)
+                image = blur_boxes(image, boxes)
             if plan.finish == "pad":
                 image = _pad_to_square(image, self._size)
             elif plan.finish == "crop":
@@ -346,7 +338,7 @@ class ImageProcessor:
         if header.exif is None:
             return "{}"
         try:
-            return json.dumps(_exif_dict(header.exif))
+            return json.dumps(exif_dict(header.exif))
         except Exception:  # a malformed sub-IFD in untrusted bytes: same contract as exifread
             return None
 
@@ -538,178 +530,3 @@ def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
     top = max(0, (height - size) // 2)
     left = max(0, (width - size) // 2)
     return image[top : top + size, left : left + size]
-
-
-def _parse_bboxes(bboxes: Iterable[Any]) -> list[tuple[float, float, float, float]]:
-    """Validate [x_min, y_min, x_max, y_max] relative boxes; user data, so reject clearly."""
-    boxes = []
-    try:
-        for box in bboxes:
-            values = [float(v) for v in box]
-            if len(values) != 4:
-                raise ImageRejected(
-                    f"bounding box {list(box)!r} must have 4 values [x_min, y_min, x_max, y_max]"
-                )
-            if not all(math.isfinite(v) and -_BBOX_SLACK <= v <= 1 + _BBOX_SLACK for v in values):
-                raise ImageRejected(f"bounding box {values!r} is not in relative coordinates [0, 1]")
-            x0, y0, x1, y1 = (min(1.0, max(0.0, v)) for v in values)
-            if x1 < x0 or y1 < y0:
-                raise ImageRejected(f"bounding box {values!r} has x_max < x_min or y_max < y_min")
-            boxes.append((x0, y0, x1, y1))
-    except (TypeError, ValueError):
-        raise ImageRejected(
-            f"malformed bounding boxes {bboxes!r}: expected a list of 4-number lists"
-        ) from None
-    return boxes
-
-
-def _blur_boxes(image: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
-    """Gaussian-blur each box, enlarged by 10 % of its size, with sigma = 0.1 x the largest box.
-
-    Box "size" is max(width, height) in pixels, which img2dataset (after the ImageNet face
-    obfuscation code) calls the diagonal. Unlike img2dataset, whose feathered mask leaves the box
-    edges partly sharp, every pixel inside an enlarged box is fully blurred and nothing outside
-    changes; the blur itself still sees the real neighbourhood, so there is no seam from padding.
-    """
-    height, width = image.shape[:2]
-    rects = []
-    largest = 0
-    for bx0, by0, bx1, by1 in boxes:
-        x0, y0, x1, y1 = int(bx0 * width), int(by0 * height), int(bx1 * width), int(by1 * height)
-        side = max(x1 - x0, y1 - y0)
-        largest = max(largest, side)
-        grow = 0.1 * side
-        rect = (
-            max(0, int(x0 - grow)),
-            max(0, int(y0 - grow)),
-            min(width, int(x1 + grow)),
-            min(height, int(y1 + grow)),
-        )
-        if rect[2] > rect[0] and rect[3] > rect[1]:
-            rects.append(rect)
-    sigma = 0.1 * largest
-    if not rects or sigma <= 0:
-        return image
-    ksize = 2 * math.ceil(4 * sigma) + 1
-    margin = ksize // 2
-    # Blur only the region the boxes (plus the kernel's reach) cover, not the whole image.
-    rx0 = max(0, min(r[0] for r in rects) - margin)
-    ry0 = max(0, min(r[1] for r in rects) - margin)
-    rx1 = min(width, max(r[2] for r in rects) + margin)
-    ry1 = min(height, max(r[3] for r in rects) + margin)
-    blurred = cv2.GaussianBlur(image[ry0:ry1, rx0:rx1], (ksize, ksize), sigma)
-    if not image.flags.writeable:
-        image = image.copy()
-    for x0, y0, x1, y1 in rects:
-        image[y0:y1, x0:x1] = blurred[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
-    return image
-
-
-# ------------------------------------------------------------------------ EXIF
-# exifread's printable names for the enumerated tags people actually filter on.
-_ENUMS: dict[int, dict[int, str]] = {
-    0x0112: {
-        1: "Horizontal (normal)",
-        2: "Mirrored horizontal",
-        3: "Rotated 180",
-        4: "Mirrored vertical",
-        5: "Mirrored horizontal then rotated 90 CCW",
-        6: "Rotated 90 CW",
-        7: "Mirrored horizontal then rotated 90 CW",
-        8: "Rotated 90 CCW",
-    },
-    0x0128: {1: "Not Absolute", 2: "Pixels/Inch", 3: "Pixels/Centimeter"},
-    0x0213: {1: "Centered", 2: "Co-sited"},
-    0xA001: {1: "sRGB", 2: "Adobe RGB", 65533: "Uncalibrated", 65535: "Uncalibrated"},
-    0x8822: {
-        0: "Unidentified",
-        1: "Manual",
-        2: "Program Normal",
-        3: "Aperture Priority",
-        4: "Shutter Priority",
-        5: "Program Creative",
-        6: "Program Action",
-        7: "Portrait Mode",
-        8: "Landscape Mode",
-    },
-    0x9207: {
-        0: "Unidentified",
-        1: "Average",
-        2: "CenterWeightedAverage",
-        3: "Spot",
-        4: "MultiSpot",
-        5: "Pattern",
-        6: "Partial",
-        255: "other",
-    },
-    0xA402: {0: "Auto Exposure", 1: "Manual Exposure", 2: "Auto Bracket"},
-    0xA403: {0: "Auto", 1: "Manual"},
-}
-_NAME_OVERRIDES = {0xA005: "InteroperabilityOffset"}
-_USER_COMMENT = 0x9286
-
-
-def _exif_dict(exif: Image.Exif) -> dict[str, str]:
-    """exifread-style ``{"IFD TagName": printable}`` from Pillow's parser (exifread is pure
-    Python and several times slower; only the naming and value printing are mimicked)."""
-    out: dict[str, str] = {}
-    _dump_ifd(out, "Image", exif, ExifTags.TAGS)
-    if ExifTags.IFD.Exif in exif:
-        exif_ifd = exif.get_ifd(ExifTags.IFD.Exif)
-        _dump_ifd(out, "EXIF", exif_ifd, ExifTags.TAGS)
-        if ExifTags.IFD.Interop in exif_ifd:
-            _dump_ifd(out, "Interoperability", exif.get_ifd(ExifTags.IFD.Interop), ExifTags.TAGS)
-    if ExifTags.IFD.GPSInfo in exif:
-        _dump_ifd(out, "GPS", exif.get_ifd(ExifTags.IFD.GPSInfo), ExifTags.GPSTAGS)
-    thumbnail = exif.get_ifd(ExifTags.IFD.IFD1)
-    if thumbnail:
-        _dump_ifd(out, "Thumbnail", thumbnail, ExifTags.TAGS)
-    return out
-
-
-def _dump_ifd(out: dict[str, str], prefix: str, ifd: Mapping[int, Any], names: Mapping[int, str]) -> None:
-    for tag, value in ifd.items():
-        name = _NAME_OVERRIDES.get(tag) or names.get(tag) or f"Tag 0x{tag:04X}"
-        if isinstance(value, dict):  # a sub-IFD Pillow already expanded; dumped separately
-            continue
-        enum = _ENUMS.get(tag)
-        if enum is not None and isinstance(value, int):
-            text = enum.get(value, str(value))
-        elif tag == _USER_COMMENT and isinstance(value, bytes):
-            text = value[8:].decode("utf-8", "replace").strip("\x00 ")
-        else:
-            text = _printable(value)
-        out[f"{prefix} {name}"] = text.strip()
-
-
-def _printable(value: Any) -> str:
-    if isinstance(value, str):
-        return value.rstrip("\x00")
-    if isinstance(value, bytes):
-        stripped = value.rstrip(b"\x00")
-        if stripped and all(32 <= b < 127 for b in stripped):
-            return stripped.decode("ascii")
-        return _list_text(list(value))
-    if isinstance(value, tuple):
-        return _list_text([_printable(v) for v in value])
-    if isinstance(value, IFDRational):
-        return _ratio_text(value)
-    return str(value)
-
-
-def _ratio_text(value: Any) -> str:
-    """exifread prints rationals reduced: 72/1 -> "72", 10/1000 -> "1/100"."""
-    numerator, denominator = int(value.numerator), int(value.denominator)
-    if denominator == 0:
-        return f"{numerator}/0"
-    fraction = Fraction(numerator, denominator)
-    if fraction.denominator == 1:
-        return str(fraction.numerator)
-    return f"{fraction.numerator}/{fraction.denominator}"
-
-
-def _list_text(items: list[Any]) -> str:
-    """exifread truncates long value lists to 20 items, ending in ", ... ]"."""
-    if len(items) > 20:
-        return "[" + ", ".join(str(v) for v in items[:20]) + ", ... ]"
-    return "[" + ", ".join(str(v) for v in items) + "]"

@@ -42,3 +42,7 @@ class SampleResult:
     bytes_downloaded: int = 0
     worker_pid: int = 0
     worker_peak_rss_kb: int = 0  # the worker's peak memory so far (ru_maxrss)
+
+
+class ImageRejected(Exception):
+    """Raised for any image that cannot be stored; str(exc) is the per-row error_message."""
