@@ -11,8 +11,10 @@ from the declaration is :data:`SURFACE_DEFAULTS`, each with its reason.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import functools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from dataset_assets.engine.options import DownloadOptions
@@ -113,8 +115,10 @@ class Entry:
         return override[0] if override else self.declared.default
 
 
-def options() -> list[Entry]:
-    """All options, each once, in the order README lists them."""
+@functools.cache
+def options() -> tuple[Entry, ...]:
+    """All options, each once, in the order README lists them (static: built once a process;
+    every spec load and resource asks for it)."""
     sharers: dict[str, list[str]] = {}
     for block in BLOCKS:
         for declared in describe(block, include_shared=True):
@@ -129,11 +133,16 @@ def options() -> list[Entry]:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise RuntimeError(f"options declared twice: {', '.join(duplicates)}")
-    return entries
+    return tuple(entries)
 
 
-def by_name() -> dict[str, Entry]:
+@functools.cache
+def _index() -> dict[str, Entry]:
     return {entry.name: entry for entry in options()}
+
+
+def by_name() -> Mapping[str, Entry]:
+    return MappingProxyType(_index())
 
 
 def format_value(value: Any) -> str:

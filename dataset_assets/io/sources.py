@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import duckdb
 
-from dataset_assets.io.storage import StorageOptions, filesystem, is_local_fs
+from dataset_assets.io.storage import StorageOptions, filesystem, is_local_fs, protocol_of
 
 INPUT_FORMATS = (
     "txt",
@@ -136,7 +136,7 @@ def connect(
         fs, _ = filesystem(f, storage_options)
         if is_local_fs(fs):
             continue
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]  # its first name
+        protocol = protocol_of(fs)
         if protocol not in registered:
             con.register_filesystem(fs)
             registered.add(protocol)

@@ -48,6 +48,11 @@ def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
 
 
+def protocol_of(fs: fsspec.AbstractFileSystem) -> str:
+    """The filesystem's first protocol name (``s3`` for s3fs's ("s3", "s3a"))."""
+    return _protocols(fs)[0]
+
+
 def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
     """A filesystem on this machine's disk (renames are atomic)."""
     return bool(set(_protocols(fs)) & _LOCAL_PROTOCOLS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,19 +96,13 @@ class Declared:
     def base_type(self) -> Any:
         """The annotation without ``| None``."""
         args = [a for a in typing.get_args(self.annotation) if a is not type(None)]
-        if typing.get_origin(self.annotation) in (typing.Union, _union_type()) and len(args) == 1:
+        if typing.get_origin(self.annotation) in (typing.Union, types.UnionType) and len(args) == 1:
             return args[0]
         return self.annotation
 
     @property
     def optional(self) -> bool:
         return type(None) in typing.get_args(self.annotation)
-
-
-def _union_type() -> Any:
-    import types
-
-    return types.UnionType
 
 
 def describe(block: type, *, include_shared: bool = False) -> list[Declared]:
