@@ -8,6 +8,7 @@ from dagster_aws.s3 import S3Resource
 from dataset_assets.io.storage import OutputFolder
 from dataset_assets.partitions import REGISTER_CHUNK, shards_partitions
 from dataset_assets.planning import filter_urls, write_shard_inputs
+from dataset_assets.reporting.markdown import inert
 from dataset_assets.resources import DatasetResource, spec_storage_options
 
 # Kept beside the plan so the dataset card can cite the filter counts.
@@ -42,7 +43,7 @@ def filtered_urls(
             "skipped_rules": dg.MetadataValue.json(report.skipped_rules),
             "top_domains": dg.MetadataValue.md(
                 "| domain | rows |\n|---|---|\n"
-                + "\n".join(f"| {domain} | {count} |" for domain, count in report.top_domains)
+                + "\n".join(f"| {inert(domain)} | {count} |" for domain, count in report.top_domains)
             ),
             "path": dg.MetadataValue.path(spec.filtered_urls_path),
         }

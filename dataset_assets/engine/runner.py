@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
 import sys
@@ -29,12 +30,12 @@ import pyarrow as pa
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.politeness import worker_for
 from dataset_assets.engine.reader import InputShard
-from dataset_assets.engine.records import FetchTask, SampleResult
+from dataset_assets.engine.records import FAILED_TO_RESIZE, FetchTask, SampleResult
 from dataset_assets.engine.resume import previous_successes
 from dataset_assets.engine.shards.layout import shard_name, stats_name
 from dataset_assets.engine.shards.writer import ShardWriter
 from dataset_assets.engine.stats import ShardStats
-from dataset_assets.engine.worker import drain, worker_main
+from dataset_assets.engine.worker import BusySlot, worker_main
 from dataset_assets.io.storage import OutputFolder
 
 TASK_CHUNK = 16
@@ -44,6 +45,8 @@ MAX_ROUTED_ROWS = 50_000  # rows the router keeps aside for busy workers (~10 MB
 ROUTER_POLL_S = 0.01
 RESULT_POLL_S = 0.5
 JOIN_TIMEOUT_S = 5.0
+WORKER_CHECK_S = 0.2  # how often the parent looks for dead workers while results flow
+MAX_FUTILE_RESTARTS = 3  # workers that die again before any row comes back: a broken setup
 
 
 def is_shard_complete(output: OutputFolder, shard_id: int, options: DownloadOptions) -> bool:
@@ -85,11 +88,19 @@ def _bare_main_module() -> Iterator[None]:
 
 
 class WorkerCrashed(RuntimeError):
-    """A worker process died (killed, out of memory, codec crash); its shards are not committed."""
+    """Workers keep dying before any row comes back (a broken install, not a bad image)."""
+
+
+Key = tuple[int, int]  # (shard_id, row index)
 
 
 class DownloadPool:
-    """A set of worker processes shared by the shards given to :meth:`run`."""
+    """A set of worker processes shared by the shards given to :meth:`run`.
+
+    Why the pool survives a worker's death: one hostile image that crashes a codec (or the OOM
+    killer) must cost the rows that worker held, not the run. The rows it held are recorded
+    ``failed_to_resize`` with "worker crashed", and a fresh set of workers goes on with the rest.
+    """
 
     def __init__(self, options: DownloadOptions, output_folder: str | OutputFolder) -> None:
         self.options = options
@@ -97,35 +108,57 @@ class DownloadPool:
             output_folder if isinstance(output_folder, OutputFolder) else OutputFolder(output_folder)
         )
         self._ctx = multiprocessing.get_context("spawn")
-        # One task queue per worker: each host's rows all go to one worker (its budget for the
-        # run). Bounded: the router stays a few chunks ahead of each worker.
-        self._tasks: list[Any] = [
-            self._ctx.Queue(maxsize=WORKER_QUEUE_CHUNKS) for _ in range(options.processes_count)
-        ]
-        # Downloaded bodies, taken by whichever worker's image thread is free: CPU spreads over
-        # every core even when one host (one worker) does all the fetching.
-        self._bodies: Any = self._ctx.Queue(maxsize=options.processes_count * BODIES_PER_WORKER)
-        self._results: Any = self._ctx.Queue()
+        self._tasks: list[Any] = []
+        self._bodies: Any = None
+        self._results: list[Any] = []  # one pipe per worker (see _start)
+        self._broken: set[int] = set()  # workers whose pipe broke mid-message
+        self._busy: Any = None
         self._processes: list[Any] = []
+        self.crashes = 0  # worker deaths survived so far
 
     @property
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self._processes if p.pid is not None]
 
+    def busy_rows(self) -> list[Key | None]:
+        """The row each worker's image thread is processing now (None when idle)."""
+        return [BusySlot(self._busy, i).held() for i in range(len(self._processes))]
+
     def __enter__(self) -> DownloadPool:
-        with _bare_main_module():
-            for tasks in self._tasks:
-                process = self._ctx.Process(
-                    target=worker_main,
-                    args=(self.options, tasks, self._bodies, self._results, os.getpid()),
-                    daemon=True,
-                )
-                process.start()
-                self._processes.append(process)
+        self._start()
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.close(graceful=exc_type is None)
+
+    def _start(self) -> None:
+        """Fresh queues and workers (also after a crash: a dead worker may hold a queue's lock)."""
+        count = self.options.processes_count
+        # One task queue per worker: each host's rows all go to one worker (its budget for the
+        # run). Bounded: the router stays a few chunks ahead of each worker. Replaced in place,
+        # so the router sees the new queues.
+        self._tasks[:] = [self._ctx.Queue(maxsize=WORKER_QUEUE_CHUNKS) for _ in range(count)]
+        # Downloaded bodies, taken by whichever worker's image thread is free: CPU spreads over
+        # every core even when one host (one worker) does all the fetching.
+        self._bodies = self._ctx.Queue(maxsize=count * BODIES_PER_WORKER)
+        # Results come back on one pipe per worker, whose only writer is that worker: a worker
+        # killed mid-message then ends its own pipe (the reader sees end-of-file) instead of
+        # leaving half a message in a pipe shared by all, which hangs the reader for good.
+        self._results = []
+        self._broken = set()
+        self._busy = self._ctx.Array("q", [BusySlot.IDLE] * (2 * count), lock=False)
+        with _bare_main_module():
+            for slot, tasks in enumerate(self._tasks):
+                reader, writer = self._ctx.Pipe(duplex=False)
+                process = self._ctx.Process(
+                    target=worker_main,
+                    args=(self.options, tasks, self._bodies, writer, os.getpid(), BusySlot(self._busy, slot)),
+                    daemon=True,
+                )
+                process.start()
+                writer.close()  # the worker holds the only write end now
+                self._processes.append(process)
+                self._results.append(reader)
 
     def close(self, graceful: bool = True) -> None:
         """Stop the workers: politely after a clean run, at once after any exception."""
@@ -138,6 +171,10 @@ class DownloadPool:
             deadline = time.monotonic() + JOIN_TIMEOUT_S
             for process in self._processes:
                 process.join(max(0.0, deadline - time.monotonic()))
+        self._stop_processes()
+        self._close_queues()
+
+    def _stop_processes(self) -> None:
         for process in self._processes:
             if process.is_alive():
                 process.terminate()
@@ -147,10 +184,47 @@ class DownloadPool:
                 process.kill()
                 process.join(JOIN_TIMEOUT_S)
         self._processes.clear()
-        drain(self._results, 0.2)
-        for q in (*self._tasks, self._bodies, self._results):
-            q.cancel_join_thread()
-            q.close()
+
+    def _close_queues(self) -> None:
+        for q in (*self._tasks, self._bodies):
+            if q is not None:
+                q.cancel_join_thread()
+                q.close()
+        for reader in self._results:
+            reader.close()
+        self._results = []
+
+    def _dead_workers(self) -> list[int]:
+        return [slot for slot, p in enumerate(self._processes) if slot in self._broken or not p.is_alive()]
+
+    def _receive(self, timeout: float) -> list[SampleResult]:
+        """Results from every worker whose pipe has some, waiting up to ``timeout`` for one."""
+        readers = [r for slot, r in enumerate(self._results) if slot not in self._broken]
+        batch: list[SampleResult] = []
+        for reader in multiprocessing.connection.wait(readers, timeout):
+            try:
+                batch += reader.recv()
+            except Exception:  # end of file or a torn message: its worker is gone
+                self._broken.add(self._results.index(reader))
+        return batch
+
+    def _restart_after_crash(self, dead: list[int]) -> tuple[dict[int, str], set[Key]]:
+        """Replace every worker; returns (dead slot: why) and the rows the dead ones were decoding.
+
+        Why all of them: a worker killed while it read a shared queue leaves that queue's lock
+        taken for good, so the queues are replaced, and with them the workers reading them.
+        Rows the live workers held are sent again (the router knows them).
+        """
+        why = {
+            slot: f"worker crashed (pid {self._processes[slot].pid}, exit {self._processes[slot].exitcode})"
+            for slot in dead
+        }
+        decoding = {row for row in (self.busy_rows()[slot] for slot in dead) if row is not None}
+        self._stop_processes()
+        self._close_queues()
+        self.crashes += 1
+        self._start()
+        return why, decoding
 
     def run(
         self,
@@ -171,6 +245,29 @@ class DownloadPool:
         stop = threading.Event()
 
         router = _HostRouter(self._tasks, stop)
+        checked_at = time.monotonic()
+        rows_since_start = 0
+        futile_restarts = 0
+
+        def recover(dead: list[int]) -> int:
+            """Record the dead workers' rows as crashed, restart, re-send the rest; rows recorded."""
+            nonlocal rows_since_start, futile_restarts
+            futile_restarts = 0 if rows_since_start else futile_restarts + 1
+            if futile_restarts >= MAX_FUTILE_RESTARTS:
+                raise WorkerCrashed(
+                    f"workers died {futile_restarts} times in a row before any row came back "
+                    f"(last: {', '.join(self._processes[slot].name for slot in dead)})"
+                )
+            rows_since_start = 0
+            with router.lock:
+                why, decoding = self._restart_after_crash(dead)
+                crashed = router.reclaim(why, decoding)
+            with lock:
+                for (shard_id, index), message in crashed.items():
+                    writers[shard_id].add(
+                        SampleResult(shard_id, index, FAILED_TO_RESIZE, error_message=message)
+                    )
+            return len(crashed)
 
         def feed() -> None:
             try:
@@ -215,16 +312,23 @@ class DownloadPool:
                     raise feeder_error[0]
                 if idle and all_fed and finished.empty():
                     return
-                try:
-                    batch = self._results.get(timeout=RESULT_POLL_S)
-                except queue.Empty:
-                    self._check_workers()
-                    continue
+                router.send_ready()  # rows sent again after a crash, once the feeder is gone
+                batch = self._receive(RESULT_POLL_S)
+                # Only rows still out count: after a crash, a row's old result may be gone
+                # (sent again) or already recorded (crashed).
+                batch = [r for r in batch if router.returned((r.shard_id, r.index))]
                 with lock:
                     for result in batch:
                         writers[result.shard_id].add(result)
-                if on_progress is not None:
-                    on_progress(len(batch))
+                rows_since_start += len(batch)
+                recorded = len(batch)
+                if not batch or time.monotonic() - checked_at >= WORKER_CHECK_S:
+                    checked_at = time.monotonic()
+                    dead = self._dead_workers()
+                    if dead:
+                        recorded += recover(dead)
+                if on_progress is not None and recorded:
+                    on_progress(recorded)
         except BaseException:
             stop.set()
             with lock:
@@ -235,12 +339,6 @@ class DownloadPool:
         finally:
             stop.set()
             feeder.join(JOIN_TIMEOUT_S)
-
-    def _check_workers(self) -> None:
-        dead = [p for p in self._processes if not p.is_alive()]
-        if dead:
-            codes = ", ".join(f"pid {p.pid} exit {p.exitcode}" for p in dead)
-            raise WorkerCrashed(f"worker process died ({codes}); unfinished shards were not committed")
 
 
 def _tasks(shard: InputShard, options: DownloadOptions, skip: Collection[int] = ()) -> Iterator[FetchTask]:
@@ -265,6 +363,11 @@ class _HostRouter:
     Why buffer here: a worker busy with one huge, slow host fills its queue; rows of other hosts
     (other workers) must still flow, so the router keeps up to ``MAX_ROUTED_ROWS`` rows of the
     busy worker aside and goes on reading. Memory is bounded by that, not by the shard.
+
+    It also remembers which worker holds each row sent and not yet back, which is what a
+    worker's death costs: those rows are recorded as crashed, and rows of the workers stopped
+    with it are sent again (each at most once, so a row that kills every worker that touches it
+    ends as crashed instead of taking the run down one worker at a time).
     """
 
     def __init__(self, queues: list[Any], stop: threading.Event) -> None:
@@ -273,6 +376,9 @@ class _HostRouter:
         self._filling: list[list[FetchTask]] = [[] for _ in queues]
         self._ready: list[collections.deque[list[FetchTask]]] = [collections.deque() for _ in queues]
         self._buffered = 0
+        self._out: dict[Key, tuple[int, FetchTask]] = {}  # sent, not back: (worker, task)
+        self._sent_again: set[Key] = set()
+        self.lock = threading.Lock()  # held while sending and while the pool restarts
 
     def route(self, tasks: Iterable[FetchTask]) -> None:
         """Route one shard's rows; its last partial chunks leave at once (the shard can finish)."""
@@ -281,14 +387,13 @@ class _HostRouter:
             worker = worker_for(task.url or "", workers)
             filling = self._filling[worker]
             filling.append(task)
-            self._buffered += 1
             if len(filling) >= TASK_CHUNK:
-                self._ready[worker].append(filling)
+                self._enqueue(worker, filling)
                 self._filling[worker] = []
                 self._send_ready(until_under=MAX_ROUTED_ROWS)
         for worker, filling in enumerate(self._filling):
             if filling:
-                self._ready[worker].append(filling)
+                self._enqueue(worker, filling)
                 self._filling[worker] = []
         self._send_ready(until_under=MAX_ROUTED_ROWS)
 
@@ -296,18 +401,61 @@ class _HostRouter:
         """Block until every routed row is in its worker's queue (or the run stops)."""
         self._send_ready(until_under=1)
 
+    def send_ready(self) -> None:
+        """Hand over what the queues take now, without waiting."""
+        self._send_ready(until_under=sys.maxsize)
+
+    def returned(self, key: Key) -> bool:
+        """A row came back; False if it was not out (recorded as crashed, or sent again)."""
+        return self._out.pop(key, None) is not None
+
+    def reclaim(self, crashed_workers: dict[int, str], decoding: set[Key]) -> dict[Key, str]:
+        """After a restart (caller holds :attr:`lock`): rows to record as crashed, with messages.
+
+        The rest of what was out goes back to the front of its worker's line.
+        """
+        crashed: dict[Key, str] = {}
+        again: dict[int, list[FetchTask]] = collections.defaultdict(list)
+        any_reason = next(iter(crashed_workers.values()))
+        for key, (worker, task) in self._out.items():
+            if worker in crashed_workers or key in decoding:
+                crashed[key] = crashed_workers.get(worker, any_reason)
+            elif key in self._sent_again:
+                crashed[key] = f"{any_reason}; this row was out at an earlier crash too"
+            else:
+                self._sent_again.add(key)
+                again[worker].append(task)
+        self._out.clear()
+        for worker, tasks in again.items():
+            chunks = [tasks[i : i + TASK_CHUNK] for i in range(0, len(tasks), TASK_CHUNK)]
+            self._ready[worker].extendleft(reversed(chunks))
+            self._buffered += len(tasks)
+        return crashed
+
+    def _enqueue(self, worker: int, chunk: list[FetchTask]) -> None:
+        with self.lock:
+            self._ready[worker].append(chunk)
+            self._buffered += len(chunk)
+
     def _send_ready(self, until_under: int) -> None:
         """Hand over what the queues take now, waiting while ``until_under`` rows or more are
         still buffered (polling: the queues give no signal when a worker takes a chunk)."""
         while True:
-            for worker, ready in enumerate(self._ready):
-                while ready:
-                    try:
-                        self._queues[worker].put_nowait(ready[0])
-                    except queue.Full:
-                        break
-                    self._buffered -= len(ready.popleft())
-            if self._buffered < until_under or self._stop.is_set():
+            with self.lock:
+                for worker, ready in enumerate(self._ready):
+                    while ready:
+                        chunk = ready[0]
+                        for task in chunk:  # before the put: its result may come back at once
+                            self._out[(task.shard_id, task.index)] = (worker, task)
+                        try:
+                            self._queues[worker].put_nowait(chunk)
+                        except queue.Full:
+                            for task in chunk:
+                                del self._out[(task.shard_id, task.index)]
+                            break
+                        self._buffered -= len(ready.popleft())
+                buffered = self._buffered
+            if buffered < until_under or self._stop.is_set():
                 return
             time.sleep(ROUTER_POLL_S)
 

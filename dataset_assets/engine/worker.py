@@ -22,7 +22,6 @@ import os
 import queue
 import resource
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +46,7 @@ EXIT_IMAGE_THREAD_DIED = 4
 LOCAL_BACKLOG = 2  # bodies waiting for this worker's own image thread before others are asked
 IDLE_POLL_S = 0.005  # an idle image thread looks at the shared queue this often
 TRIM_AFTER_BYTES = 1024 * 1024  # bodies this large leave big freed buffers behind (see below)
+SEND_AT_EXIT_S = 5.0  # a worker told to stop sends its last results within this
 
 
 @dataclass(slots=True)
@@ -57,10 +57,38 @@ class ImageJob:
     data: bytes
 
 
-def worker_main(options: DownloadOptions, tasks: Any, bodies: Any, results: Any, parent_pid: int) -> None:
+class BusySlot:
+    """Where a worker's image thread writes the row it is processing, in memory the parent reads.
+
+    Why shared memory and not a message: a body may be processed by another worker than the one
+    that fetched it, and a worker killed mid-decode (a codec crash, the OOM killer) sends nothing
+    more; the parent reads the dead worker's slot to know which row took it down.
+    """
+
+    IDLE = -1
+
+    def __init__(self, cells: Any, slot: int) -> None:
+        self._cells = cells
+        self._at = 2 * slot
+
+    def hold(self, task: FetchTask) -> None:
+        self._cells[self._at + 1] = task.index  # index first: the shard id makes the slot valid
+        self._cells[self._at] = task.shard_id
+
+    def release(self) -> None:
+        self._cells[self._at] = self.IDLE
+
+    def held(self) -> tuple[int, int] | None:
+        shard_id = self._cells[self._at]
+        return None if shard_id == self.IDLE else (shard_id, self._cells[self._at + 1])
+
+
+def worker_main(
+    options: DownloadOptions, tasks: Any, bodies: Any, results: Any, parent_pid: int, busy: BusySlot
+) -> None:
     """Process entry point (top-level so that spawn can import it)."""
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(options, tasks, bodies, results, parent_pid))
+        asyncio.run(_serve(options, tasks, bodies, results, parent_pid, busy))
 
 
 def peak_rss_kb() -> int:
@@ -78,14 +106,21 @@ def peak_rss_kb() -> int:
 
 
 class Outbox:
-    """Results leave in batches, from the loop (failures) and the image thread (images)."""
+    """Results leave in batches, from the loop (failures) and the image thread (images).
+
+    A thread of its own writes them to the parent's pipe, so neither the loop nor the image
+    thread ever waits on a full pipe.
+    """
 
     def __init__(self, results: Any) -> None:
-        self._results = results
+        self._pipe = results
         self._batch: list[SampleResult] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._peak_rss_kb = 0
+        self._outgoing: queue.SimpleQueue[list[SampleResult] | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_all, name="result-sender", daemon=True)
+        self._sender.start()
         self.measure()
 
     def measure(self) -> None:
@@ -105,7 +140,20 @@ class Outbox:
         with self._lock:
             batch, self._batch = self._batch, []
         if batch:
-            self._results.put(batch)
+            self._outgoing.put(batch)
+
+    def close(self, timeout_s: float = SEND_AT_EXIT_S) -> None:
+        """Send what is left, then stop the sender (waits at most ``timeout_s``)."""
+        self.flush()
+        self._outgoing.put(None)
+        self._sender.join(timeout_s)
+
+    def _send_all(self) -> None:
+        while (batch := self._outgoing.get()) is not None:
+            try:
+                self._pipe.send(batch)
+            except OSError:  # the parent is gone; the watchdog ends this process
+                return
 
 
 class ImageStage:
@@ -213,22 +261,24 @@ def _give_back_free_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def _image_thread(options: DownloadOptions, handoff: ImageHandoff, outbox: Outbox) -> None:
+def _image_thread(options: DownloadOptions, handoff: ImageHandoff, outbox: Outbox, busy: BusySlot) -> None:
     """Runs until the process exits; if it ever dies, the process dies (the parent notices)."""
     try:
         stage = ImageStage(options)
         while True:
             job, local = handoff.get()
+            busy.hold(job.task)
             try:
                 result = stage.handle(job)
             except Exception as error:  # a bug must not lose the row
                 result = _internal_error(job.task, error)
             handoff.done(job, local)
             outbox.add(result)
+            busy.release()
             if len(job.data) >= TRIM_AFTER_BYTES:
                 _give_back_free_memory()
     finally:
-        outbox.flush()
+        outbox.close()
         os._exit(EXIT_IMAGE_THREAD_DIED)
 
 
@@ -256,7 +306,9 @@ async def fetch_stage(task: FetchTask, fetcher: Fetcher) -> SampleResult | Image
     return result
 
 
-async def _serve(options: DownloadOptions, tasks: Any, bodies: Any, results: Any, parent_pid: int) -> None:
+async def _serve(
+    options: DownloadOptions, tasks: Any, bodies: Any, results: Any, parent_pid: int, busy: BusySlot
+) -> None:
     loop = asyncio.get_running_loop()
     outbox = Outbox(results)
     watchdog = asyncio.create_task(_exit_if_orphaned(parent_pid))
@@ -269,7 +321,7 @@ async def _serve(options: DownloadOptions, tasks: Any, bodies: Any, results: Any
         async with Fetcher(options) as fetcher:
             handoff = ImageHandoff(bodies, fetcher.window, loop)
             threading.Thread(
-                target=_image_thread, args=(options, handoff, outbox), name="image-stage", daemon=True
+                target=_image_thread, args=(options, handoff, outbox, busy), name="image-stage", daemon=True
             ).start()
 
             async def run_one(task: FetchTask) -> None:
@@ -297,7 +349,7 @@ async def _serve(options: DownloadOptions, tasks: Any, bodies: Any, results: Any
     finally:
         flusher.cancel()
         watchdog.cancel()
-        outbox.flush()
+        outbox.close()
         reader.shutdown(wait=False, cancel_futures=True)
 
 
@@ -314,13 +366,3 @@ async def _exit_if_orphaned(parent_pid: int) -> None:
         await asyncio.sleep(PARENT_CHECK_S)
         if os.getppid() != parent_pid:
             os._exit(3)
-
-
-def drain(q: Any, deadline_s: float = 1.0) -> None:
-    """Empty a queue without blocking for long (used when tearing a pool down)."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            q.get_nowait()
-        except (queue.Empty, OSError, ValueError):
-            return

@@ -24,6 +24,7 @@ from dataset_assets.engine.shards.formats import ShardReadError
 from dataset_assets.engine.shards.layout import parquet_name, stats_name
 from dataset_assets.engine.shards.registry import shard_format
 from dataset_assets.io.storage import OutputFolder
+from dataset_assets.reporting.markdown import inert
 
 CARD_NAME = "DATASET_CARD.md"
 GRID_NAME = "DATASET_CARD_samples.jpg"
@@ -118,10 +119,10 @@ def _render(
     options = inputs.options
     opted_out = sum(n for message, n in statuses.items() if any(m in message for m in OPT_OUT_MARKERS))
     lines = [
-        f"# {inputs.title}",
+        f"# {inert(inputs.title)}",
         "",
         f"Built {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} by dataset_assets from "
-        f"`{inputs.spec.get('url_list')}`.",
+        f"{inert(inputs.spec.get('url_list'))}.",
         "",
         "## Totals",
         "",
@@ -145,7 +146,7 @@ def _render(
             lines.append(f"- `{rule}` not applied: {why}")
         lines.append("")
     lines += ["## Status breakdown", "", "| status / error | rows |", "|---|---|"]
-    lines += [f"| {message.replace('|', '/')} | {n} |" for message, n in statuses.most_common(20)]
+    lines += [f"| {inert(message)} | {n} |" for message, n in statuses.most_common(20)]
     lines += ["", "## Original image sizes (shorter side, px)", "", "| range | images |", "|---|---|"]
     lines += _histogram(short_sides)
     lines += [

@@ -80,6 +80,12 @@ def test_webdataset_layout_reads_back_with_captions_and_hashes(
             f"00000{i:04d}.{ext}" for i in range(4) for ext in ("jpg", "txt", "json")
         )
     samples = {s["__key__"]: s for s in wds.WebDataset(str(tmp_path / "00000.tar"), shardshuffle=False)}
+    # Member order as webdataset's TarWriter (img2dataset's writer) gives it for the same samples.
+    with wds.TarWriter(str(tmp_path / "reference.tar")) as reference:
+        for key in dict.fromkeys(m.name.split(".")[0] for m in members):
+            reference.write({k: v for k, v in samples[key].items() if k != "__url__"})
+    with tarfile.open(tmp_path / "reference.tar") as tar:
+        assert [m.name for m in members] == tar.getnames()
     assert samples["000000000"]["txt"] == b"a wide one"
     assert samples["000000002"]["txt"] == b""  # null caption -> empty file, as img2dataset
     meta = json.loads(samples["000000001"]["json"])

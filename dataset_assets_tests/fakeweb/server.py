@@ -17,6 +17,7 @@ Routes (``{name}`` is one path segment, percent-decoded):
 
 ``/img/{name}``                    the image, Content-Type from its extension, Content-Length set
 ``/status/{code}``                 that status with a small HTML body (200..599)
+``/reason/{code}/{phrase}``        that status with ``{phrase}`` as its reason phrase
 ``/robots.txt``                    configurable text, allow-all by default
 ``/html``                          a 200 ``text/html`` page (a "URL that is not an image")
 ``/slow/{seconds}/{name}``         sleep (capped at 30 s), then the image
@@ -513,6 +514,7 @@ class ImageServer(_UrlMixin):
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_get("/img/{name}", self._img)
         app.router.add_get("/status/{code}", self._status)
+        app.router.add_get("/reason/{code}/{phrase}", self._reason)
         app.router.add_get("/robots.txt", self._robots)
         app.router.add_get("/html", self._html)
         app.router.add_get("/slow/{seconds}/{name}", self._slow)
@@ -572,6 +574,11 @@ class ImageServer(_UrlMixin):
             return web.Response(status=code)
         body = f"<!doctype html><html><body><h1>HTTP {code}</h1></body></html>\n"
         return web.Response(status=code, text=body, content_type="text/html")
+
+    async def _reason(self, request: web.Request) -> web.Response:
+        """A status with a reason phrase of the caller's choosing (servers send free text there)."""
+        code = int(request.match_info["code"])
+        return web.Response(status=code, reason=request.match_info["phrase"], text="no")
 
     async def _robots(self, request: web.Request) -> web.Response:
         with self._rules_lock:

@@ -88,10 +88,13 @@ class TarSampleSink:
         self._tar = TarSink(handle)
 
     def add(self, sample: StoredSample) -> None:
-        self._tar.add(f"{sample.key}.{sample.extension}", sample.image)
+        """Members in the order webdataset's TarWriter (img2dataset's writer) gives them: sorted
+        by extension (``jpg``, ``json``, ``txt``), so a tar lists exactly as img2dataset's does."""
+        members = {sample.extension: sample.image, "json": sample_json(sample.meta).encode()}
         if sample.caption is not None:
-            self._tar.add(f"{sample.key}.txt", sample.caption.encode())
-        self._tar.add(f"{sample.key}.json", sample_json(sample.meta).encode())
+            members["txt"] = sample.caption.encode()
+        for extension in sorted(members):
+            self._tar.add(f"{sample.key}.{extension}", members[extension])
 
     def close(self) -> None:
         self._tar.close()
