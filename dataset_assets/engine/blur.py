@@ -1,7 +1,9 @@
 """Blurring boxes (e.g. faces, DataComp's ``face_bboxes``) in the stored image.
 
 A separate job from decoding and resizing: it takes the boxes a user supplies (relative
-coordinates, validated here with a clear message) and blurs those regions of the image.
+coordinates, validated here with a clear message) and blurs those regions of the image. The
+boxes describe the frame the file is stored in (img2dataset never applies EXIF orientation, and
+detectors ran on its output), so the caller blurs before orienting.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Each worker process is one core, so everything here is single-threaded and tuned
 common case of a JPEG shrunk to a few hundred pixels:
 
 * the header is probed with Pillow first (lazy: it reads no pixel data), so decompression bombs
-  and the size filters reject an image before a single pixel buffer is allocated;
+  (too many pixels, or too many bytes of them: a tiny 16-bit RGBA PNG can declare gigabytes) and
+  the size filters reject an image before a single pixel buffer is allocated;
 * a JPEG that shrinks enough is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain, far cheaper
   than a full decode plus resize; the output size is still computed from the original
   dimensions and the reduced image is resampled onto the exact same grid, so sizes are
@@ -12,7 +13,8 @@ common case of a JPEG shrunk to a few hundred pixels:
 * big area-downscales of other sources halve first through OpenCV's exact 2:1 fast path;
 * Lanczos and uneven area resizes run in float32, where OpenCV's code is vectorised, and for
   a JPEG (4:2:0) Lanczos filters luma only;
-* EXIF orientation is applied after the resize, where the image is smallest.
+* EXIF orientation is applied after the resize, where the image is smallest, and after the box
+  blur: boxes (img2dataset's bbox_col, DataComp's face_bboxes) are drawn on the stored frame.
 
 The output geometry reproduces img2dataset 1.47.0 (albumentations < 2) to the pixel. Where
 img2dataset is lossy or unsafe (float64 alpha compositing, EXIF orientation ignored, no pixel cap)
@@ -66,6 +68,9 @@ _REDUCED = (
     (2, cv2.IMREAD_REDUCED_COLOR_2 | cv2.IMREAD_IGNORE_ORIENTATION),
 )
 _TRANSPOSING = frozenset({5, 6, 7, 8})
+# PNG IHDR colour type -> channels in the file (palette: one index, expanded by the decoder).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_MODE_SAMPLE_BITS = {"I": 32, "F": 32, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16}
 # Smallest shrink left for the final resize after a reduced JPEG decode: any, as long as it is
 # not an upscale. A last step near 1:1 softens a little (bench corpus, 2000 images, stored jpg
 # vs full decode + area: p5 40.9 dB, min 36.6 dB at 1.0 against 42.6 / 39.5 dB at 1.3), and it
@@ -100,6 +105,8 @@ class _Header:
     width: int  # as stored in the file, before orientation
     height: int
     has_alpha: bool
+    channels: int  # what the decoder hands us: at least 3 (we decode to colour), 4 with alpha
+    sample_bits: int  # per channel, as stored: 8, or 16 for 16-bit PNG / TIFF, 12-bit JPEG
     exif: Image.Exif | None
     exif_failed: bool
     orientation: int
@@ -140,6 +147,7 @@ class ImageProcessor:
         self._down = _INTERPOLATIONS[options.downscale_interpolation]
         self._up = _INTERPOLATIONS[options.upscale_interpolation]
         self._max_pixels = options.max_decoded_pixels
+        self._max_bytes = options.max_decoded_bytes
         self._min_size = options.min_image_size
         # None = no limit (the option's declared meaning); inf keeps the hot path one comparison.
         self._max_area = options.max_image_area if options.max_image_area is not None else math.inf
@@ -167,6 +175,13 @@ class ImageProcessor:
             raise ImageRejected(
                 f"image header declares {header.width}x{header.height} pixels, "
                 f"over the {self._max_pixels}-pixel cap"
+            )
+        decoded = header.width * header.height * header.channels * (-(-header.sample_bits // 8))
+        if decoded > self._max_bytes:
+            raise ImageRejected(
+                f"image header declares {header.width}x{header.height} pixels of {header.channels} "
+                f"{header.sample_bits}-bit channels, {decoded} bytes decoded, "
+                f"over the {self._max_bytes}-byte cap"
             )
         transposed = header.orientation in _TRANSPOSING
         width, height = (header.height, header.width) if transposed else (header.width, header.height)
@@ -201,10 +216,10 @@ class ImageProcessor:
                 plan = self._plan(width, height)
             need_w, need_h = (plan.height, plan.width) if transposed else (plan.width, plan.height)
             image = self._resize(image, factor, full_w, full_h, need_w, need_h, plan.interpolation, resample)
+            if boxes:  # relative to the stored frame (img2dataset never orients): blur before
+                image = blur_boxes(image, boxes)
             if header.orientation != 1:
                 image = _orient(image, header.orientation)
-            if boxes:
-                image = blur_boxes(image, boxes)
             if plan.finish == "pad":
                 image = _pad_to_square(image, self._size)
             elif plan.finish == "crop":
@@ -354,6 +369,7 @@ def _probe(raw: bytes) -> _Header:
             width, height = im.size
             info = im.info
             has_alpha = im.mode in _ALPHA_MODES or "transparency" in info
+            channels, sample_bits = _sample_layout(im, raw, has_alpha)
             # Parse EXIF only where the header already holds it (PNG's getexif() decodes the
             # whole image when the eXIf chunk follows the pixels), and parse it ourselves rather
             # than via getexif(), which hides parse failures that the exif column must report.
@@ -376,7 +392,32 @@ def _probe(raw: bytes) -> _Header:
             value = exif.get(0x0112, 1)
             if isinstance(value, int) and 1 <= value <= 8:
                 orientation = value
-    return _Header(fmt, width, height, has_alpha, exif, failed, orientation)
+    return _Header(fmt, width, height, has_alpha, channels, sample_bits, exif, failed, orientation)
+
+
+def _sample_layout(im: Image.Image, raw: bytes, has_alpha: bool) -> tuple[int, int]:
+    """(channels, bits per channel) of the decoded pixels, from the header alone.
+
+    Pillow's mode hides the depth of 16-bit PNGs ("RGBA" for RGBA;16B), so PNG is read from its
+    IHDR and JPEG from its SOF precision (Pillow's ``bits``); TIFF from BitsPerSample. Anything
+    else counts its mode's bands at 8 bits (WebP, GIF, BMP cannot hold more). Channels are at
+    least what OpenCV returns, 3 (or 4 with alpha), so a grey or palette file is not undercounted.
+    """
+    channels = len(im.getbands())
+    bits = _MODE_SAMPLE_BITS.get(im.mode, 8)
+    if im.format == "PNG" and raw[12:16] == b"IHDR" and len(raw) >= 26:
+        bits, channels = raw[24], _PNG_CHANNELS.get(raw[25], 4)
+    elif im.format in _JPEG_FORMATS:
+        bits = max(8, int(getattr(im, "bits", 8) or 8))
+        channels = int(getattr(im, "layers", channels) or channels)
+    elif im.format == "TIFF":
+        tags = getattr(im, "tag_v2", {})
+        per_sample = tags.get(258)
+        per_sample = per_sample if isinstance(per_sample, tuple) else (per_sample,)
+        bits = max([bits, *(v for v in per_sample if isinstance(v, int))])
+        samples = tags.get(277)
+        channels = samples if isinstance(samples, int) and samples > channels else channels
+    return max(channels, 4 if has_alpha else 3), max(8, bits)
 
 
 def _decode(raw: bytes, flag: int) -> np.ndarray | None:

@@ -117,6 +117,14 @@ class DownloadOptions:
         "New: refuse images above this many pixels from the header, before decoding (decompression bombs).",
         gt=0,
     )
+    # 512 MiB lets every 8-bit image under max_decoded_pixels through (100 Mpx RGBA = 400 MB) and
+    # 16-bit ones up to 67 Mpx RGBA / 89 Mpx RGB; a few-KB 16-bit RGBA PNG cannot cost gigabytes.
+    max_decoded_bytes: int = option(
+        512 * 1024 * 1024,
+        "New: refuse images whose decoded size (pixels x channels x bytes per channel, "
+        "from the header) exceeds this, before decoding.",
+        gt=0,
+    )
 
     # --- network ---
     processes_count: int = option(

@@ -30,9 +30,9 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png_bomb(side: int = 30_000) -> bytes:
-    """A small file whose header declares side x side pixels of zeros."""
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+def png_bomb(side: int = 30_000, bit_depth: int = 8, colour_type: int = 0) -> bytes:
+    """A small file whose header declares side x side pixels of zeros (8-bit grey by default)."""
+    header = struct.pack(">IIBBBBB", side, side, bit_depth, colour_type, 0, 0, 0)
     compressor = zlib.compressobj(9)
     row = b"\0" * (side + 1)
     data = b"".join(compressor.compress(row) for _ in range(64)) + compressor.flush()
@@ -80,6 +80,7 @@ def hostile_images() -> dict[str, bytes]:
         "rotated.jpg": _exif_rotated(),
         "truncated.jpg": jpeg[: len(jpeg) // 2],
         "bomb.png": png_bomb(),
+        "deep.png": png_bomb(9_000, bit_depth=16, colour_type=6),  # 81 Mpx, but 648 MB as RGBA16
     }
 
 
@@ -132,6 +133,14 @@ def test_each_hostile_case_gets_its_exact_status(hostile_server: ImageServer, tm
         (s.url_for("/hostile/to-data/x"), "failed_to_download:unsupported URL scheme 'data'"),
         (s.url_for("/hostile/to-metadata/x"), "failed_to_download:link-local address 169.254.169.254"),
         (s.url("bomb.png"), "failed_to_resize:30000x30000 pixels, over the 100000000-pixel cap"),
+        (
+            s.url("deep.png"),
+            (
+                "failed_to_resize",
+                "image header declares 9000x9000 pixels of 4 16-bit channels, 648000000 bytes decoded, "
+                "over the 536870912-byte cap",
+            ),
+        ),
         (s.url_for("/hostile/endless/x.jpg"), "failed_to_download:body too large"),
         (
             s.url("private.jpg"),

@@ -454,6 +454,59 @@ def test_header_bomb_is_rejected_without_decoding() -> None:
         processor().process(bomb)
 
 
+def _solid_png(height: int, width: int, channels: int, dtype: type) -> bytes:
+    return cv_encode(np.full((height, width, channels), 200, dtype) * (257 if dtype is np.uint16 else 1))
+
+
+def _header_only(png: bytes) -> bytes:
+    """The signature, IHDR and the first bytes of IDAT: enough for the header, no pixels."""
+    return png[: png.index(b"IDAT") + 20]
+
+
+def test_decoded_bytes_cap_counts_depth_and_channels_from_the_header() -> None:
+    cap = 16 * 1024 * 1024
+    deep = _solid_png(1500, 2000, 4, np.uint16)  # 2000x1500 x 4 x 2 bytes = 24 MB, a few KB on disk
+    assert len(deep) < 200_000
+    message = (
+        r"^image header declares 2000x1500 pixels of 4 16-bit channels, 24000000 bytes decoded, "
+        rf"over the {cap}-byte cap$"
+    )
+    with pytest.raises(ImageRejected, match=message):
+        processor(max_decoded_bytes=cap).process(deep)
+    # Refused from the header alone: without its pixel data the file gets the same answer,
+    # while the 8-bit one, which passes the cap, fails where decoding starts.
+    with pytest.raises(ImageRejected, match=message):
+        processor(max_decoded_bytes=cap).process(_header_only(deep))
+    shallow = _solid_png(1500, 2000, 4, np.uint8)  # 12 MB decoded: under the cap
+    assert processor(max_decoded_bytes=cap).process(shallow).width == 256
+    with pytest.raises(ImageRejected, match=r"^Image decoding error$"):
+        processor(max_decoded_bytes=cap).process(_header_only(shallow))
+    # The default (512 MiB) lets this one through; the pixel cap alone never looked at depth.
+    assert processor(max_decoded_pixels=3_000_000).process(deep).width == 256
+
+
+def _pil_bytes(mode: str, fmt: str, **params: object) -> bytes:
+    return pil_encode(Image.new(mode, (8, 6)), fmt, **params)
+
+
+@pytest.mark.parametrize(
+    ("raw", "layout"),
+    [
+        (_solid_png(6, 8, 4, np.uint16), (4, 16)),
+        (cv_encode(np.zeros((6, 8), np.uint16)), (3, 16)),  # grey: decoded to 3 channels anyway
+        (cv_encode(np.zeros((6, 8, 3), np.uint8), ".jpg"), (3, 8)),
+        (_pil_bytes("P", "PNG", transparency=0), (4, 8)),
+        (_pil_bytes("CMYK", "JPEG"), (4, 8)),
+        (cv_encode(np.zeros((6, 8, 3), np.uint16), ".tiff"), (3, 16)),
+        (cv_encode(np.zeros((6, 8, 4), np.uint8), ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), (4, 8)),
+    ],
+    ids=["png-rgba16", "png-grey16", "jpeg", "png-palette-alpha", "jpeg-cmyk", "tiff-rgb16", "webp-rgba"],
+)
+def test_header_reports_decoded_channels_and_depth(raw: bytes, layout: tuple[int, int]) -> None:
+    header = _probe(raw)
+    assert (header.channels, header.sample_bits) == layout
+
+
 def test_size_filters_use_img2dataset_messages() -> None:
     raw = cv_encode(textured(30, 90))
     with pytest.raises(ImageRejected, match=r"^image too small$"):
@@ -530,6 +583,37 @@ def test_blur_happens_after_resize_before_padding() -> None:
     assert out.shape == (100, 100, 3)
     assert (out[:25] == 255).all() and (out[-25:] == 255).all()  # padding stays pure white
     assert out[25:75].std() < 20
+
+
+# A box around (0.15, 0.4) of the stored frame: no orientation 2..8 maps it onto itself, so a
+# blur placed in the oriented frame instead would miss it (and land elsewhere).
+_STORED_BOX = (0.05, 0.3, 0.25, 0.5)
+
+
+def _oriented(mask: np.ndarray, orientation: int) -> np.ndarray:
+    """Where a stored-frame mask lies once Pillow applies the EXIF orientation (the reference)."""
+    raw = pil_encode(Image.fromarray(mask), "PNG", exif=exif_with_orientation(orientation))
+    return np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(raw)))) > 127
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_blur_covers_the_stored_frame_box_whatever_the_orientation(orientation: int) -> None:
+    height, width = 160, 200
+    board = (np.indices((height, width)) // 2).sum(axis=0) % 2 * 255  # 2-pixel squares: std 127
+    stored = cv2.cvtColor(board.astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    source = Image.fromarray(cv2.cvtColor(stored, cv2.COLOR_BGR2RGB))
+    raw = pil_encode(source, "JPEG", quality=95, exif=exif_with_orientation(orientation))
+    x0, y0, x1, y1 = (round(v * s) for v, s in zip(_STORED_BOX, (width, height, width, height), strict=True))
+    inside = np.zeros((height, width), np.uint8)
+    inside[y0 + 3 : y1 - 3, x0 + 3 : x1 - 3] = 255
+    outside = np.full((height, width), 255, np.uint8)
+    outside[: y1 + 20, : x1 + 20] = 0  # well clear of the box, its 10 % growth and the kernel
+
+    result = processor(resize_mode="no", encode_format="png").process(raw, [list(_STORED_BOX)])
+    out = decode(result)
+    assert out.shape[:2] == ((width, height) if orientation >= 5 else (height, width))
+    assert out[_oriented(inside, orientation)].std() < 3, "the face box is still sharp"
+    assert out[_oriented(outside, orientation)].std() > 100, "the blur spilled outside the box"
 
 
 @pytest.mark.parametrize(
