@@ -120,7 +120,7 @@ def _render(
     lines = [
         f"# {inputs.title}",
         "",
-        f"Built {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} by dataset_assets from "
+        f"Built {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} by dataset_assets from "
         f"`{inputs.spec.get('url_list')}`.",
         "",
         "## Totals",
