@@ -434,9 +434,16 @@ class Fetcher:
                     break
                 raise FetchError(f"body too large: more than max_body_bytes {cap} bytes")
             chunks.append(chunk)
-        if declared is not None and size < declared and not truncate:
+        # Content-Length counts the bytes on the wire; with a Content-Encoding those are the
+        # compressed ones, and aiohttp already fails a short wire body (connection closed early).
+        if declared is not None and size < declared and not truncate and not _content_encoded(response):
             raise FetchError(f"truncated body: got {size} of {declared} bytes", transient=True)
         return b"".join(chunks)
+
+
+def _content_encoded(response: aiohttp.ClientResponse) -> bool:
+    """Whether the body went over the wire in another encoding than the one we read."""
+    return response.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
 
 
 def _checked_url(url: str | URL, allow_private: bool) -> URL:
@@ -449,8 +456,10 @@ def _checked_url(url: str | URL, allow_private: bool) -> URL:
         raise FetchError(f"unsupported URL scheme {parsed.scheme!r}: only http and https are fetched")
     if not parsed.host:
         raise FetchError("invalid URL: no host")
-    check_host(parsed.host, allow_private)
-    return parsed
+    host = check_host(parsed.host, allow_private)
+    # A numeric spelling (2130706433, 0x7f.1) is requested as the dotted quad it was judged as,
+    # so what is contacted never depends on how a resolver folds it.
+    return parsed if host == parsed.host else parsed.with_host(host)
 
 
 def _expired(loaded: tuple[float, asyncio.Future[RobotsRules]]) -> bool:

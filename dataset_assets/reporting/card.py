@@ -121,7 +121,7 @@ def _render(
     lines = [
         f"# {inert(inputs.title)}",
         "",
-        f"Built {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} by dataset_assets from "
+        f"Built {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} by dataset_assets from "
         f"{inert(inputs.spec.get('url_list'))}.",
         "",
         "## Totals",

@@ -6,8 +6,11 @@ store the good images, and never overstep the politeness limits.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import struct
+import tarfile
 import zlib
 from collections.abc import Iterator
 
@@ -24,6 +27,7 @@ from dataset_assets_tests.fakeweb.images import make_image
 from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
 OK = ("success", None)
+GOOD_JPEG = make_image(5, 120, 90)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -65,7 +69,7 @@ def hostile_images() -> dict[str, bytes]:
     rgba[..., 2] = 255
     rgba[:, 40:, 3] = 255  # left half fully transparent
     gray16 = (np.linspace(0, 65535, 64 * 48).reshape(48, 64)).astype(np.uint16)
-    jpeg = make_image(5, 120, 90)
+    jpeg = GOOD_JPEG
     return {
         "good.jpg": jpeg,
         "private.jpg": jpeg,
@@ -189,6 +193,24 @@ def test_each_hostile_case_gets_its_exact_status(hostile_server: ImageServer, tm
     assert paths.count("/status/404") == 1  # never retried
     times = s.stats.first_seen["/hostile/retry-after-1/good.jpg"]
     assert len(times) == 2 and times[1] - times[0] >= 0.9, "Retry-After was not honoured"
+
+
+def test_a_gzip_encoded_image_is_stored_as_the_image(hostile_server: ImageServer, tmp_path) -> None:
+    # The premise: the wire body (what Content-Length counts) is larger than the image itself.
+    assert len(gzip.compress(GOOD_JPEG, compresslevel=0)) > len(GOOD_JPEG)
+    urls = [hostile_server.url_for(f"/hostile/{kind}/good.jpg") for kind in ("gzip", "gzip-cut")]
+    stats = download_shard(rows(urls), str(tmp_path), local_options(resize_mode="no"), shard_id=0)
+    whole, cut = sorted(pq.read_table(tmp_path / "00000.parquet").to_pylist(), key=lambda r: r["key"])
+    assert (whole["status"], whole["error_message"]) == OK, whole
+    assert whole["sha256"] == hashlib.sha256(GOOD_JPEG).hexdigest(), "not the decoded body"
+    with tarfile.open(tmp_path / "00000.tar") as tar:
+        stored = tar.extractfile("000000000.jpg").read()
+    decoded = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is not None and decoded.shape[:2] == (90, 120)
+    # A gzip body cut short on the wire still fails, although its length is no longer compared.
+    assert cut["status"] == "failed_to_download"
+    assert cut["error_message"].startswith("connection closed early"), cut
+    assert stats.successes == 1
 
 
 def test_connections_per_host_are_capped(hostile_server: ImageServer, tmp_path) -> None:

@@ -26,6 +26,8 @@ Routes (``{name}`` is one path segment, percent-decoded):
 ``/redirect-loop``                 302 to itself forever
 ``/robots-tag/{directive}/{name}`` the image with ``X-Robots-Tag: {directive}``
 ``/truncated/{name}``              full Content-Length declared, half the body sent, then closed
+``/hostile/{kind}/{name}``         one misbehaviour per ``kind``, e.g. ``gzip`` (the image sent
+                                   with ``Content-Encoding: gzip``, larger than the image itself)
 ``/_stats``                        JSON snapshot of :class:`ServerStats` (not itself recorded)
 
 The configured latency is added to every recorded request.
@@ -38,6 +40,7 @@ import collections
 import contextlib
 import dataclasses
 import fnmatch
+import gzip
 import ipaddress
 import logging
 import math
@@ -439,7 +442,7 @@ class ImageServer(_UrlMixin):
             if not self._stop_requested:
                 try:
                     await asyncio.wait_for(self._stop_event.wait(), timeout=self.config.max_lifetime_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self.stopped_by_watchdog = True
                     log.warning(
                         "image server reached its max lifetime (%s s); stopping", self.config.max_lifetime_s
@@ -650,6 +653,22 @@ class ImageServer(_UrlMixin):
             return web.Response(status=302, headers={"Location": target})
         if kind == "to-metadata":
             return web.Response(status=302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
+        if kind in ("gzip", "gzip-cut"):
+            # Stored (level 0) gzip is larger than the image, so Content-Length (the wire size)
+            # differs from the decoded size; gzip-cut sends half of it and hangs up.
+            wire = gzip.compress(self._image_or_404(name), compresslevel=0, mtime=0)
+            resp = web.StreamResponse(headers={"Content-Encoding": "gzip"})
+            resp.content_type = content_type_for(name)
+            resp.content_length = len(wire)
+            await resp.prepare(request)
+            if kind == "gzip":
+                await resp.write(wire)
+                await resp.write_eof()
+                return resp
+            await resp.write(wire[: len(wire) // 2])
+            if request.transport is not None:
+                request.transport.close()
+            return resp
         if kind in ("endless", "lying-length"):
             # A body with no end (or far past what Content-Length claims), bounded here anyway.
             resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
