@@ -9,7 +9,7 @@ from markdown_it import MarkdownIt
 from dataset_assets.engine.runner import download_shard
 from dataset_assets.reporting.card import CardInputs, build_card
 from dataset_assets_tests.conftest import local_options, rows
-from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
+from dataset_assets_tests.fakeweb.server import ImageServer
 
 HOSTILE_REASON = "Not Found ![x](https://tracker.example/p.png) | <img src=https://tracker.example/q>"
 
@@ -21,7 +21,9 @@ def test_a_servers_reason_phrase_reaches_the_card_as_plain_text(image_server: Im
     (message,) = [m for m in stats.status_dict if m != "success"]
     assert "tracker.example/p.png" in message  # the phrase really came through the engine
 
-    card = build_card(str(tmp_path), CardInputs(title="t *x*", spec={}, shard_keys=["00000"], options=options))
+    card = build_card(
+        str(tmp_path), CardInputs(title="t *x*", spec={}, shard_keys=["00000"], options=options)
+    )
     html = MarkdownIt("commonmark").enable("table").render(card.markdown)
 
     images = [line for line in html.splitlines() if "<img" in line]
