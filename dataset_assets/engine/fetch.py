@@ -67,6 +67,7 @@ class FetchError(Exception):
     ``transient``: the same request may succeed later (worth a retry). ``throttled``: the host
     asked us to slow down (429/503). ``host_failure``: the host itself seems down (timeout,
     connection refused or reset, 5xx); enough of these in a row and the host is skipped.
+    ``opt_out``: the site refused this use; the key of :data:`consent.SIGNALS` that said so.
     """
 
     def __init__(
@@ -77,8 +78,10 @@ class FetchError(Exception):
         retry_after: float | None = None,
         throttled: bool = False,
         host_failure: bool = False,
+        opt_out: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.opt_out = opt_out
         self.transient = transient
         self.retry_after = retry_after
         self.throttled = throttled
@@ -366,7 +369,9 @@ class Fetcher:
             response.headers.getall("X-Robots-Tag", []), self._product_tokens, self._disallowed
         )
         if directive:
-            raise FetchError(f"Use of image disallowed by X-Robots-Tag directive ({directive})")
+            raise FetchError(
+                f"Use of image disallowed by X-Robots-Tag directive ({directive})", opt_out="x-robots-tag"
+            )
         data = await self._read_capped(response, self._options.max_body_bytes)
         return FetchedBody(data, response.headers.get("Content-Type", ""), str(url))
 
@@ -389,7 +394,7 @@ class Fetcher:
         path = url.raw_path_qs or "/"
         rule = rules.blocking_rule(path)
         if rule is not None:
-            raise FetchError(f"disallowed by robots.txt of {origin} ({rule})")
+            raise FetchError(f"disallowed by robots.txt of {origin} ({rule})", opt_out="robots.txt")
 
     async def _load_robots(self, origin: str) -> RobotsRules:
         """Fetch and parse an origin's robots.txt once; RFC 9309 §2.3.1 decides on failures."""

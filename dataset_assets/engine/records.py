@@ -42,6 +42,7 @@ class SampleResult:
     bytes_downloaded: int = 0
     worker_pid: int = 0
     worker_peak_rss_kb: int = 0  # the worker's peak memory so far (ru_maxrss)
+    opt_out: str | None = None  # the signal that refused the row (a key of consent.SIGNALS)
 
 
 class ImageRejected(Exception):

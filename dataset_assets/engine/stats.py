@@ -35,6 +35,8 @@ class ShardStats:
     rows_per_worker: dict[str, int] = field(default_factory=dict)
     kept_from_previous_run: int = 0  # retry_failed: successes carried over, not downloaded again
     peak_worker_rss_mb: float = 0.0  # largest peak RSS of any worker process during the shard
+    # Rows refused by a site's opt-out, by signal (keys of consent.SIGNALS); outages never count.
+    opt_outs: dict[str, int] = field(default_factory=dict)
 
     def record(self, result: SampleResult) -> None:
         self.count += 1
@@ -52,6 +54,8 @@ class ShardStats:
             else:
                 self.failed_to_download += 1
             key = result.error_message or result.status
+            if result.opt_out:
+                self.opt_outs[result.opt_out] = self.opt_outs.get(result.opt_out, 0) + 1
         if key not in self.status_dict and len(self.status_dict) >= MAX_DISTINCT_ERRORS:
             key = OTHER_ERRORS
         self.status_dict[key] = self.status_dict.get(key, 0) + 1

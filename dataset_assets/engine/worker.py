@@ -292,6 +292,7 @@ async def fetch_stage(task: FetchTask, fetcher: Fetcher) -> SampleResult | Image
         body = await fetcher.fetch(task.url)
     except FetchError as error:
         result.error_message = str(error)
+        result.opt_out = error.opt_out
         return result
     data = body.data
     result.bytes_downloaded = len(data)

@@ -32,7 +32,6 @@ THUMB = 96
 GRID_COLUMNS = 8
 GRID_ROWS = 4
 SIZE_BUCKETS = (0, 128, 256, 512, 1024, 2048, 4096)
-OPT_OUT_MARKERS = ("X-Robots-Tag", "robots.txt")
 
 
 @dataclass
@@ -61,6 +60,7 @@ def build_card(output_folder: str | OutputFolder, inputs: CardInputs) -> Card:
     """``output_folder``: a path/URL, or an OutputFolder (remote storage with its options)."""
     output = _output(output_folder)
     statuses: Counter[str] = Counter()
+    opt_outs: Counter[str] = Counter()
     totals = Counter({"shards": 0, "rows": 0, "successes": 0, "bytes_written": 0})
     short_sides: list[int] = []
     for shard in inputs.shard_keys:
@@ -74,6 +74,7 @@ def build_card(output_folder: str | OutputFolder, inputs: CardInputs) -> Card:
             bytes_written=stats.get("bytes_written", 0),
         )
         statuses.update(stats["status_dict"])
+        opt_outs.update(stats.get("opt_outs", {}))
         if shard_format(inputs.options.output_format).writes_parquet:
             table = pq.read_table(
                 output.path(parquet_name(shard)),
@@ -87,7 +88,7 @@ def build_card(output_folder: str | OutputFolder, inputs: CardInputs) -> Card:
             ]
     grid = _thumbnail_grid(output, inputs)
     rate = totals["successes"] / totals["rows"] if totals["rows"] else 0.0
-    markdown = _render(inputs, totals, rate, statuses, short_sides, grid is not None)
+    markdown = _render(inputs, totals, rate, statuses, opt_outs, short_sides, grid is not None)
     return Card(markdown, grid, {**totals, "success_rate": rate})
 
 
@@ -113,11 +114,12 @@ def _render(
     totals: Counter[str],
     rate: float,
     statuses: Counter[str],
+    opt_outs: Counter[str],
     short_sides: list[int],
     has_grid: bool,
 ) -> str:
     options = inputs.options
-    opted_out = sum(n for message, n in statuses.items() if any(m in message for m in OPT_OUT_MARKERS))
+    opted_out = sum(opt_outs.values())  # counted by signal as refused; outages are not opt-outs
     lines = [
         f"# {inert(inputs.title)}",
         "",

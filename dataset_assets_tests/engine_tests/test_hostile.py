@@ -187,6 +187,7 @@ def test_each_hostile_case_gets_its_exact_status(hostile_server: ImageServer, tm
     rotated = by_url[s.url("rotated.jpg")]
     assert (rotated["original_width"], rotated["original_height"]) == (20, 40)  # upright: portrait
     assert stats.peak_worker_rss_mb < 400, "the bomb or the endless body inflated the worker"
+    assert stats.opt_outs == {"robots.txt": 1, "x-robots-tag": 2}  # no refusal of ours counts
     paths = s.stats.paths
     assert "/img/private.jpg" not in paths, "a robots.txt-disallowed path was requested"
     assert paths.count("/hostile/throttle-forever/x.jpg") == 2  # retried once, as asked
@@ -254,7 +255,8 @@ def test_robots_txt_status_decides_when_there_are_no_rules(robots_status, expect
 
 
 def test_unreachable_robots_txt_fails_the_rows_for_now_without_calling_it_an_opt_out(tmp_path) -> None:
-    download_shard(rows(["http://127.0.0.1:1/a.jpg"]), str(tmp_path), local_options(), shard_id=0)
+    stats = download_shard(rows(["http://127.0.0.1:1/a.jpg"]), str(tmp_path), local_options(), shard_id=0)
+    assert stats.opt_outs == {}  # an outage is never counted as a site's refusal
     ((status, message),) = _statuses(tmp_path, 1)[0]
     assert status == "failed_to_download"
     assert message.startswith("robots.txt of http://127.0.0.1:1 unavailable (connection failed")

@@ -57,6 +57,7 @@ def test_every_row_gets_a_status_and_message(image_server: ImageServer, tmp_path
     assert got[6] == ("failed_to_download", "missing URL")
     assert got[7][0] == "failed_to_download" and "scheme 'ftp'" in got[7][1]
     assert stats.count == 8 and stats.successes == 2 and stats.failed_to_download == 6
+    assert stats.opt_outs == {"x-robots-tag": 1}  # the ledger: refusals by signal, nothing else
     assert sum(stats.status_dict.values()) == 8
     written = json.loads((tmp_path / "00002_stats.json").read_text())
     assert written["successes"] == 2 and written["count"] == 8
