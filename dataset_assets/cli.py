@@ -20,6 +20,7 @@ from typing import Any
 from dataset_assets import catalogue
 from dataset_assets.engine import DownloadOptions, OptionError
 from dataset_assets.engine.download import download
+from dataset_assets.io.sources import InputError, one_line
 
 # img2dataset options without an effect here; accepted so existing command lines run.
 IGNORED_OPTIONS = {
@@ -96,8 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
         extra: dict[str, Any] = {"nargs": "?", "const": True} if kind is _parse_bool else {}
         if entry.default("cli") is dataclasses.MISSING:
             extra["required"] = True
+        # An option not given is absent from the namespace, so that a given "None"
+        # (``--compute_hash None``) is told apart from "not given" (the default).
         download_cmd.add_argument(
-            f"--{entry.name}", type=kind, default=None, help=_help(entry), metavar=_metavar(entry), **extra
+            f"--{entry.name}",
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=_help(entry),
+            metavar=_metavar(entry),
+            **extra,
         )
     for name, why in IGNORED_OPTIONS.items():
         download_cmd.add_argument(f"--{name}", default=None, help=f"ignored: {why}")
@@ -113,11 +121,7 @@ def _metavar(entry: catalogue.Entry) -> str:
 
 
 def options_from_args(args: argparse.Namespace) -> DownloadOptions:
-    values = {
-        name: getattr(args, name)
-        for name in DownloadOptions.field_names()
-        if getattr(args, name, None) is not None
-    }
+    values = {name: getattr(args, name) for name in DownloadOptions.field_names() if hasattr(args, name)}
     if values.get("incremental_mode") == "extend":
         raise OptionError("incremental_mode=extend is not supported: use a new output_folder")
     return DownloadOptions.from_mapping(values)
@@ -133,12 +137,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OptionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    _note_txt_columns(args, options)
     started = time.monotonic()
-    output_folder = args.output_folder or catalogue.by_name()["output_folder"].default("cli")
-    summary = download(args.url_list, output_folder, options, progress=not args.no_progress)
+    default_folder = catalogue.by_name()["output_folder"].default("cli")
+    output_folder = getattr(args, "output_folder", None) or default_folder
+    try:
+        summary = download(args.url_list, output_folder, options, progress=not args.no_progress)
+    except InputError as error:
+        # Bad input is the user's to fix, not a bug: one line naming the file, no traceback.
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
     elapsed = time.monotonic() - started
     _print_summary(summary, elapsed)
     return 0
+
+
+def _note_txt_columns(args: argparse.Namespace, options: DownloadOptions) -> None:
+    """Say which given options a txt URL list makes moot (img2dataset ignores them silently)."""
+    if not options.input_format.startswith("txt"):
+        return
+    for name in ("caption_col", "save_additional_columns"):
+        if getattr(args, name, None):
+            print(f"note: --{name} ignored: a {options.input_format} URL list has only URLs", file=sys.stderr)
 
 
 def _print_summary(all_stats: list[Any], elapsed: float) -> None:

@@ -9,6 +9,18 @@ from dataset_assets.engine.stats import ShardStats
 from dataset_assets.io.storage import OutputFolder
 
 
+def for_url_list(options: DownloadOptions) -> DownloadOptions:
+    """The options a URL list of ``options.input_format`` can honour.
+
+    A txt list holds only URLs: img2dataset ignores ``caption_col`` and
+    ``save_additional_columns`` for it, so its command lines name them; failing on "caption not
+    found" would break them. Shards handed over as tables (the Dagster path) keep their columns.
+    """
+    if options.input_format.partition(".")[0] != "txt":
+        return options
+    return options.replace(caption_col=None, save_additional_columns=())
+
+
 def download(
     url_list: str, output_folder: str, options: DownloadOptions, *, progress: bool = False
 ) -> list[ShardStats]:
@@ -17,6 +29,7 @@ def download(
     Shard ids are positional (files in sorted order, ``number_sample_per_shard`` rows each,
     never spanning files), so re-running the same command resumes where it stopped.
     """
+    options = for_url_list(options)
     output = OutputFolder(output_folder)
     if options.incremental_mode == "overwrite":
         output.fs.rm(output.root, recursive=True)
@@ -47,4 +60,6 @@ def download(
     finally:
         if bar is not None:
             bar.close()
+        # Every writer of this run has committed or aborted by now.
+        output.remove_empty_tmp()
     return sorted(results, key=lambda s: s.shard_id)

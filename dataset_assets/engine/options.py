@@ -34,6 +34,9 @@ INTERPOLATIONS = (
     "lanczos4",
 )
 INCREMENTAL_MODES = ("incremental", "overwrite", "retry_failed")
+# The column of a shard's input holding the URL to request when it differs from the stored
+# ``url`` (the planner's normalised form); without it the trimmed ``url`` is requested.
+FETCH_URL_COLUMN = "fetch_url"
 DEFAULT_DISALLOWED_HEADER_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
 RESERVED_COLUMNS = frozenset(
     {
@@ -47,6 +50,7 @@ RESERVED_COLUMNS = frozenset(
         "status",
         "error_message",
         "exif",
+        FETCH_URL_COLUMN,
         *HASH_TYPES,
     }
 )
@@ -59,7 +63,9 @@ class DownloadOptions:
     # --- input ---
     input_format: str = option(
         "txt",
-        "Format of the URL list files (txt lines are URLs even with commas).",
+        "Format of the URL list files (txt lines are URLs even with commas; a txt list has no "
+        "caption or other columns to copy). json: a records array, JSON lines or pandas' "
+        "to_json() object of columns.",
         choices=INPUT_FORMATS,
         also_used_by=("planner",),
     )

@@ -2,7 +2,7 @@
 
 img2dataset loads each input file whole into a pyarrow table (its startup RAM spike, #338) and
 reads txt as a one-column CSV, so a URL with a comma aborts the run. Here each file becomes a
-DuckDB ``FROM`` expression (:func:`source_sql`, shared with the planner) and rows arrive as Arrow
+DuckDB ``FROM`` expression (:func:`open_source`, shared with the planner) and rows arrive as Arrow
 record batches of bounded size, sliced into shards with img2dataset's positional semantics:
 files in sorted order, ``number_sample_per_shard`` rows per shard, shards never span files, shard
 ids consecutive across files.
@@ -23,14 +23,14 @@ from dataset_assets.io.sources import (
     input_columns,
     is_empty_file,
     list_input_files,
-    source_sql,
+    one_line,
+    open_source,
+    release_source,
     sql_identifier,
     sql_string,
 )
 from dataset_assets.io.storage import StorageOptions
 
-# Whitespace stripped around URLs; DuckDB's one-argument trim() only removes spaces.
-_WHITESPACE = " \t\n\r\x0b\x0c"
 # Upper bound on rows per Arrow batch pulled from DuckDB: small shards still get large batches
 # (a batch per 3-row shard would be slow) and huge shards don't make huge batches.
 _MAX_BATCH_ROWS = 65_536
@@ -39,7 +39,12 @@ _MIN_BATCH_ROWS = 8_192
 
 @dataclass
 class InputShard:
-    """One shard's input rows: ``url`` first, then ``caption`` and the other requested columns."""
+    """One shard's input rows: ``url`` first, then ``caption`` and the other requested columns.
+
+    ``url`` is the input's text exactly, so that the stored metadata joins back to the source
+    by URL. What is requested is the trimmed ``url``, or the planner's normalised form where the
+    table has the ``FETCH_URL_COLUMN`` of engine/options.py.
+    """
 
     shard_id: int
     table: pa.Table
@@ -55,15 +60,25 @@ def _resolve(name: str, found: list[str], what: str, path: str) -> str:
     raise InputError(f"{what} {name!r} not found in {path}; columns found: {', '.join(found) or '(none)'}")
 
 
-def _select_sql(con: duckdb.DuckDBPyConnection, path: str, options: DownloadOptions) -> str:
-    """The per-file query producing the shard columns, after checking that they all exist."""
-    found = input_columns(con, path, options.input_format)
+def _select_sql(
+    con: duckdb.DuckDBPyConnection,
+    path: str,
+    options: DownloadOptions,
+    storage_options: StorageOptions | None = None,
+) -> str:
+    """The per-file query producing the shard columns, after checking that they all exist.
+
+    The other columns keep their inferred types (img2dataset's pandas reader does the same).
+    """
+    found = input_columns(con, path, options.input_format, storage_options)
     url = _resolve(options.url_col, found, "url_col", path)
-    parts = [f"trim(CAST({sql_identifier(url)} AS VARCHAR), {sql_string(_WHITESPACE)}) AS url"]
+    text_columns = [url]
+    parts = [f"CAST({sql_identifier(url)} AS VARCHAR) AS url"]
     names = {"url"}
     if options.caption_col is not None:
         caption = _resolve(options.caption_col, found, "caption_col", path)
-        parts.append(f"{sql_identifier(caption)} AS caption")
+        text_columns.append(caption)
+        parts.append(f"CAST({sql_identifier(caption)} AS VARCHAR) AS caption")
         names.add("caption")
     extra: list[tuple[str, str]] = [(c, "save_additional_columns") for c in options.save_additional_columns]
     if options.bbox_col:
@@ -76,7 +91,10 @@ def _select_sql(con: duckdb.DuckDBPyConnection, path: str, options: DownloadOpti
             continue
         names.add(name)
         parts.append(f"{sql_identifier(column)} AS {sql_identifier(name)}")
-    return f"SELECT {', '.join(parts)} FROM {source_sql(path, options.input_format)}"
+    source = open_source(
+        con, path, options.input_format, text_columns=text_columns, storage_options=storage_options
+    )
+    return f"SELECT {', '.join(parts)} FROM {source}"
 
 
 def _batches(con: duckdb.DuckDBPyConnection, sql: str, rows: int, path: str) -> Iterator[pa.RecordBatch]:
@@ -91,7 +109,7 @@ def _batches(con: duckdb.DuckDBPyConnection, sql: str, rows: int, path: str) -> 
         reader = make_reader(rows)
         yield from reader
     except (duckdb.Error, pa.ArrowException, OSError) as e:  # mid-stream errors come through Arrow
-        raise InputError(f"cannot read {path}: {e}") from e
+        raise InputError(f"cannot read {path}: {one_line(e)}") from e
 
 
 def _batch_rows(number_sample_per_shard: int) -> int:
@@ -107,7 +125,7 @@ def _parquet_rows(con: duckdb.DuckDBPyConnection, path: str) -> int:
             ]
         )
     except (duckdb.Error, TypeError) as e:
-        raise InputError(f"cannot read {path}: {e}") from e
+        raise InputError(f"cannot read {path} as parquet: {one_line(e)}") from e
 
 
 def iter_input_shards(
@@ -133,7 +151,7 @@ def iter_input_shards(
         for path in files:
             if is_empty_file(path, storage_options):
                 continue
-            select = _select_sql(con, path, options)
+            select = _select_sql(con, path, options, storage_options)
             if skip is not None and options.input_format == "parquet":
                 rows = _parquet_rows(con, path)
                 shards = -(-rows // nsps)
@@ -166,6 +184,7 @@ def iter_input_shards(
                 if not skipping:
                     yield InputShard(shard_id, pa.Table.from_batches(pending, schema))
                 shard_id += 1
+            release_source(con, path)
     finally:
         con.close()
     if total == 0:
@@ -187,14 +206,12 @@ def count_rows(
             if options.input_format == "parquet":
                 total += _parquet_rows(con, path)
                 continue
+            source = open_source(con, path, options.input_format, storage_options=storage_options)
             try:
-                total += int(
-                    con.execute(f"SELECT count(*) FROM {source_sql(path, options.input_format)}").fetchall()[
-                        0
-                    ][0]
-                )
+                total += int(con.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0])
             except duckdb.Error as e:
-                raise InputError(f"cannot read {path}: {e}") from e
+                raise InputError(f"cannot read {path}: {one_line(e)}") from e
+            release_source(con, path)
     finally:
         con.close()
     return total

@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from dataset_assets.engine.options import DownloadOptions
+from dataset_assets.engine.options import FETCH_URL_COLUMN, DownloadOptions
 from dataset_assets.engine.politeness import worker_for
 from dataset_assets.engine.reader import InputShard
 from dataset_assets.engine.records import FAILED_TO_RESIZE, FetchTask, SampleResult
@@ -47,6 +47,8 @@ RESULT_POLL_S = 0.5
 JOIN_TIMEOUT_S = 5.0
 WORKER_CHECK_S = 0.2  # how often the parent looks for dead workers while results flow
 MAX_FUTILE_RESTARTS = 3  # workers that die again before any row comes back: a broken setup
+# Whitespace around a URL is not part of it (the stored ``url`` keeps the input's text).
+_URL_WHITESPACE = " \t\n\r\x0b\x0c"
 
 
 def is_shard_complete(output: OutputFolder, shard_id: int, options: DownloadOptions) -> bool:
@@ -343,7 +345,8 @@ class DownloadPool:
 
 def _tasks(shard: InputShard, options: DownloadOptions, skip: Collection[int] = ()) -> Iterator[FetchTask]:
     table = shard.table
-    urls = table.column("url").to_pylist()
+    fetched = FETCH_URL_COLUMN if FETCH_URL_COLUMN in table.column_names else "url"
+    urls = [u.strip(_URL_WHITESPACE) if u else u for u in table.column(fetched).to_pylist()]
     bboxes = table.column(options.bbox_col).to_pylist() if options.bbox_col else None
     hashes = table.column(options.verify_hash[0]).to_pylist() if options.verify_hash else None
     for i, url in enumerate(urls):

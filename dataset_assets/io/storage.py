@@ -3,7 +3,7 @@
 Every shard file is written under ``_tmp/`` and moved into place when complete; the stats
 json is written last and is the completion marker (img2dataset's convention, so its tools and
 our resume logic agree). A killed process therefore leaves only ``_tmp`` debris, never a
-complete-looking ``NNNNN.tar``.
+complete-looking ``NNNNN.tar``; a run that ends removes ``_tmp`` if it is empty.
 
 On an object store (``s3://``, MinIO, R2, ``gs://``...) there is no rename, but each object
 appears atomically: a PUT or a completed multipart upload is visible whole or not at all. A
@@ -233,6 +233,9 @@ class OutputFolder:
 
     def open_tmp(self, final_name: str) -> tuple[str, IO[bytes]]:
         tmp = self.tmp_path(final_name)
+        if not self.is_object_store:
+            # A run that ended may have removed the empty folder (remove_empty_tmp).
+            self.fs.makedirs(self.path(TMP_DIR), exist_ok=True)
         return tmp, _DigestingFile(self.fs.open(tmp, "wb"), tmp, self._digests)  # type: ignore[return-value]
 
     def commit(self, tmp: str, final_name: str) -> None:
@@ -310,6 +313,18 @@ class OutputFolder:
             return sorted(self.fs.ls(tmp, detail=False))
         except FileNotFoundError:
             return []
+
+    def remove_empty_tmp(self) -> None:
+        """Remove ``_tmp/`` if nothing is in it, so a finished run leaves only the dataset.
+
+        Only an empty folder goes (the removal itself refuses a non-empty one, so there is no
+        window in which another run's file could be lost); writers recreate it when they need
+        it. Object stores have no folders to remove.
+        """
+        if self.is_object_store:
+            return
+        with contextlib.suppress(OSError):
+            self.fs.rmdir(self.path(TMP_DIR))
 
     def clean_tmp(self) -> None:
         """Remove ``_tmp`` debris left by killed runs.

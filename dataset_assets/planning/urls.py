@@ -18,14 +18,16 @@ from typing import Any
 
 import duckdb
 
-from dataset_assets.engine.options import DownloadOptions
+from dataset_assets.engine.options import FETCH_URL_COLUMN, DownloadOptions
 from dataset_assets.io.sources import (
     InputError,
     connect,
     input_columns,
     is_empty_file,
     list_input_files,
-    source_sql,
+    one_line,
+    open_source,
+    release_source,
     sql_identifier,
     sql_string,
 )
@@ -46,6 +48,10 @@ _NORMAL_PATTERN = r"^https?://[a-z0-9.\-]+(:[0-9]{1,5})?/[\x21-\x22\x24-\x7e]*"
 _HOST_IN_AUTHORITY_PATTERN = r"^(?:[^@]*@)?(\[[^\]]*\]|[^:]*)"
 
 _DUCKDB_MEMORY_LIMIT = "2GB"
+_INTEGER_TYPES = frozenset(
+    {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"}
+)
+_FLOAT_TYPES = frozenset({"FLOAT", "DOUBLE"})
 _TOP_DOMAINS = 20
 
 
@@ -204,6 +210,34 @@ def _resolve(name: str, columns: list[str]) -> str | None:
     return matches[0] if len(matches) == 1 else None
 
 
+def _common_types(
+    con: duckdb.DuckDBPyConnection, sources: dict[str, str], columns: list[str]
+) -> dict[str, str]:
+    """One type per carried column for files whose inferred types differ (a score column that
+    is all numbers in one file and has an "N/A" in another): the wider number, else text.
+    Columns of one type everywhere are left out (nothing to cast)."""
+    seen: dict[str, set[str]] = {c: set() for c in columns}
+    for f, source in sources.items():
+        try:
+            described = con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()
+        except duckdb.Error as e:
+            raise InputError(f"cannot read {f}: {one_line(e)}") from e
+        by_name = {str(name).lower(): str(kind) for name, kind, *_ in described}
+        for c in columns:
+            seen[c].add(by_name.get(c.lower(), "VARCHAR"))
+    common: dict[str, str] = {}
+    for c, kinds in seen.items():
+        if len(kinds) <= 1:
+            continue
+        if kinds <= _INTEGER_TYPES:
+            common[c] = "BIGINT"
+        elif all(k in _INTEGER_TYPES or k in _FLOAT_TYPES or k.startswith("DECIMAL") for k in kinds):
+            common[c] = "DOUBLE"
+        else:
+            common[c] = "VARCHAR"
+    return common
+
+
 def _missing_message(what: str, name: str, path: str, columns: list[str]) -> str:
     return f"{what} {name!r} not found in {path}; columns found: {', '.join(columns) or '(none)'}"
 
@@ -221,8 +255,10 @@ def filter_urls(
 
     Rules run in a fixed order (invalid_url, duplicate, then the filters in FilterSettings
     order) and the first occurrence of a URL in input order is the one kept. Input order is
-    kept unless ``shuffle_seed`` is set. The output holds ``url`` (normalised), ``caption`` if
-    ``caption_col`` is set, the additional columns, and the filter columns present in the input.
+    kept unless ``shuffle_seed`` is set. The output holds ``url`` (the input's text, so that the
+    dataset joins back to the source metadata by URL), ``fetch_url`` (its normalised form, which
+    de-duplication compares and the engine requests), ``caption`` if ``caption_col`` is set, the
+    additional columns, and the filter columns present in the input, with their input types.
     Unknown filter values (NULL, not a number) pass: the engine still checks the real images.
 
     ``url_list`` and ``output_path`` may be remote (``s3://...``, read and written through
@@ -271,7 +307,7 @@ def _filter(
         raise InputError(
             f"input {', '.join(all_files[:3])}{' ...' if len(all_files) > 3 else ''} contains no rows"
         )
-    columns_per_file = {f: input_columns(con, f, input_format) for f in files}
+    columns_per_file = {f: input_columns(con, f, input_format, storage_options) for f in files}
 
     def require(name: str, what: str) -> None:
         for f, cols in columns_per_file.items():
@@ -289,12 +325,13 @@ def _filter(
     require(s.url_col, "url_col")
     if s.caption_col is not None:
         require(s.caption_col, "caption_col")
-    additional = [c for c in dict.fromkeys(s.save_additional_columns) if c.lower() not in ("url", "caption")]
+    own_names = ("url", "caption", FETCH_URL_COLUMN)
+    additional = [c for c in dict.fromkeys(s.save_additional_columns) if c.lower() not in own_names]
     for c in additional:
         require(c, "save_additional_columns")
 
     # Filter columns: output under the file's spelling, unless already an additional column.
-    taken = {"url", "caption", *(c.lower() for c in additional)}
+    taken = {*own_names, *(c.lower() for c in additional)}
     filter_cols: dict[str, str | None] = {}
     why_absent: dict[str, str] = {}
     for key, name in (
@@ -307,20 +344,41 @@ def _filter(
         filter_cols[key], why_absent[key] = present(name)
     extra_cols = [c for c in dict.fromkeys(v for v in filter_cols.values() if v) if c.lower() not in taken]
 
-    select = [f"{_normalize_sql(sql_identifier(s.url_col), http_only=True)} AS url"]
+    url = sql_identifier(s.url_col)
+    select = [
+        f"CAST({url} AS VARCHAR) AS url",
+        f"{_normalize_sql(url, http_only=True)} AS {FETCH_URL_COLUMN}",
+    ]
     if s.caption_col is not None:
-        select.append(f"{sql_identifier(s.caption_col)} AS caption")
-    select += [f"{sql_identifier(c)} AS {sql_identifier(c)}" for c in additional + extra_cols]
-    out_columns = ["url"] + (["caption"] if s.caption_col is not None else []) + additional + extra_cols
+        select.append(f"CAST({sql_identifier(s.caption_col)} AS VARCHAR) AS caption")
+    carried = additional + extra_cols
+    out_columns = ["url", FETCH_URL_COLUMN] + (["caption"] if s.caption_col is not None else []) + carried
+
+    def text_columns(f: str) -> list[str]:
+        names = [s.url_col] + ([s.caption_col] if s.caption_col is not None else [])
+        return [c for c in (_resolve(n, columns_per_file[f]) for n in names) if c is not None]
+
+    sources = {
+        f: open_source(con, f, input_format, text_columns=text_columns(f), storage_options=storage_options)
+        for f in files
+    }
+    types = _common_types(con, sources, carried) if len(files) > 1 else {}
+    select += [
+        f"CAST({sql_identifier(c)} AS {types[c]}) AS {sql_identifier(c)}"
+        if c in types
+        else f"{sql_identifier(c)} AS {sql_identifier(c)}"
+        for c in carried
+    ]
 
     # File by file into one table: its rowid is then the input order (file order, row order),
     # which de-duplication ("first occurrence") and the output order rely on.
     for i, f in enumerate(files):
-        query = f"SELECT {', '.join(select)} FROM {source_sql(f, input_format)}"
+        query = f"SELECT {', '.join(select)} FROM {sources[f]}"
         try:
             con.execute(f"CREATE TEMP TABLE {base} AS {query}" if i == 0 else f"INSERT INTO {base} {query}")
         except duckdb.Error as e:
-            raise InputError(f"cannot read {f}: {e}") from e
+            raise InputError(f"cannot read {f}: {one_line(e)}") from e
+        release_source(con, f)
 
     # Rules after invalid_url / duplicate, as (name, SQL condition that removes the row).
     rules: list[tuple[str, str]] = []
@@ -360,7 +418,7 @@ def _filter(
     threshold("min_similarity", "similarity", s.min_similarity, "<")
     threshold("max_punsafe", "punsafe", s.max_punsafe, ">")
     threshold("max_pwatermark", "pwatermark", s.max_pwatermark, ">")
-    authority = _authority_sql("url")
+    authority = _authority_sql(FETCH_URL_COLUMN)
     for rule, domains, removes in (
         ("allowed_domains", s.allowed_domains, "NOT regexp_matches"),
         ("denied_domains", s.denied_domains, "regexp_matches"),
@@ -376,8 +434,9 @@ def _filter(
     # The first occurrence (in input order) of each valid normalised URL survives de-duplication;
     # the filters are evaluated once, on those rows only, and each row gets the number of the
     # first rule that removes it (-1: kept), so that the counts are sequential and exact.
+    fetch = FETCH_URL_COLUMN
     rows_in, invalid = con.execute(
-        f"SELECT count(*), count(*) FILTER (WHERE url IS NULL) FROM {base}"
+        f"SELECT count(*), count(*) FILTER (WHERE {fetch} IS NULL) FROM {base}"
     ).fetchall()[0]
     if rows_in == 0:
         raise InputError(
@@ -386,10 +445,10 @@ def _filter(
     cases = " ".join(f"WHEN coalesce({cond}, false) THEN {i}" for i, (_, cond) in enumerate(rules))
     con.execute(
         f"CREATE TEMP TABLE {verdict} AS SELECT b.rowid AS r, CASE {cases} ELSE -1 END AS rule FROM {base} b "
-        f"WHERE b.rowid IN (SELECT min(rowid) FROM {base} WHERE url IS NOT NULL GROUP BY url)"
+        f"WHERE b.rowid IN (SELECT min(rowid) FROM {base} WHERE {fetch} IS NOT NULL GROUP BY {fetch})"
         if rules
         else f"CREATE TEMP TABLE {verdict} AS SELECT min(rowid) AS r, -1 AS rule FROM {base} "
-        "WHERE url IS NOT NULL GROUP BY url"
+        f"WHERE {fetch} IS NOT NULL GROUP BY {fetch}"
     )
     per_rule = dict(con.execute(f"SELECT rule, count(*) FROM {verdict} GROUP BY rule").fetchall())
     unique = sum(per_rule.values())
@@ -400,7 +459,7 @@ def _filter(
     if s.shuffle_seed is not None:
         # md5 rather than hash(): its value does not change between DuckDB versions, so a
         # re-plan after an upgrade gives the same shards (and resume stays valid).
-        order = f"md5_number({sql_string(str(int(s.shuffle_seed)) + ':')} || b.url), b.rowid"
+        order = f"md5_number({sql_string(str(int(s.shuffle_seed)) + ':')} || b.{fetch}), b.rowid"
     projection = ", ".join(f"b.{sql_identifier(c)}" for c in out_columns)
     query = (
         f"SELECT {projection} FROM {base} b SEMI JOIN (SELECT r FROM {verdict} WHERE rule = -1) v "
@@ -411,7 +470,7 @@ def _filter(
         # Count per authority first (few distinct values), then fold authorities into hosts.
         top = con.execute(
             f"SELECT {_host_in_authority_sql('a')} AS host, sum(n) AS n FROM "
-            f"(SELECT {_authority_sql('url')} AS a, count(*) AS n FROM read_parquet({sql_string(local)}) "
+            f"(SELECT {_authority_sql(fetch)} AS a, count(*) AS n FROM read_parquet({sql_string(local)}) "
             f"GROUP BY a) GROUP BY host ORDER BY n DESC, host LIMIT {_TOP_DOMAINS}"
         ).fetchall()
     rows_out = rows_in - sum(removed.values())

@@ -22,7 +22,7 @@ ROWS = [
     {"url": "http://example.com/d.jpg", "caption": "fourth", "score": 40},
     {"url": "http://example.com/e.jpg", "caption": "fifth", "score": 50},
 ]
-EXPECTED_URLS = [r["url"].strip() for r in ROWS]
+EXPECTED_URLS = [r["url"] for r in ROWS]  # as given, spaces included: the engine trims what it requests
 
 
 def _write(path: Path, fmt: str, rows: list[dict]) -> Path:
@@ -114,7 +114,7 @@ def test_null_and_blank_urls_are_kept(tmp_path: Path) -> None:
     path = tmp_path / "input.parquet"
     pq.write_table(pa.table({"url": ["http://a/", None, "   ", "http://b/"]}), path)
     (shard,) = _shards(str(path), input_format="parquet")
-    assert shard.table.column("url").to_pylist() == ["http://a/", None, "", "http://b/"]
+    assert shard.table.column("url").to_pylist() == ["http://a/", None, "   ", "http://b/"]
 
 
 def test_slicing_and_key_order(tmp_path: Path) -> None:
@@ -281,3 +281,87 @@ def test_large_parquet_streams_in_order(tmp_path: Path) -> None:
     assert expected_id == -(-n // nsps)
     assert time.perf_counter() - start < 30
     assert count_rows(str(path), opts) == n
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv.gz"])
+def test_extra_columns_keep_their_inferred_types(tmp_path: Path, fmt: str) -> None:
+    """As img2dataset's pandas reader: numbers stay numbers, dates stay text; url and caption are
+    text whatever they look like."""
+    rows = [
+        {"url": "1", "caption": "007", "similarity": 0.31, "WIDTH": 640, "day": "2020-01-01", "ok": "true"},
+        {"url": "2", "caption": "text", "similarity": 1, "WIDTH": "", "day": "2020-01-02", "ok": "false"},
+    ]
+    path = _write(tmp_path / f"input.{fmt}", fmt, rows)
+    (shard,) = _shards(
+        str(path),
+        input_format=fmt,
+        caption_col="caption",
+        save_additional_columns=["similarity", "WIDTH", "day", "ok"],
+    )
+    table = shard.table
+    assert [table.schema.field(n).type for n in table.column_names] == [
+        pa.string(),
+        pa.string(),
+        pa.float64(),
+        pa.int64(),
+        pa.string(),
+        pa.bool_(),
+    ]
+    assert table.to_pylist() == [
+        {"url": "1", "caption": "007", "similarity": 0.31, "WIDTH": 640, "day": "2020-01-01", "ok": True},
+        {"url": "2", "caption": "text", "similarity": 1.0, "WIDTH": None, "day": "2020-01-02", "ok": False},
+    ]
+
+
+def _json_layouts(rows: list[dict]) -> dict[str, str]:
+    names = list(rows[0])
+    # pandas' DataFrame.to_json(): an object of columns keyed by index label; here the second
+    # column lists its labels in another order, which must not reorder or misalign rows.
+    columns = {n: {str(i): r[n] for i, r in enumerate(rows)} for n in names}
+    columns[names[1]] = dict(reversed(list(columns[names[1]].items())))
+    return {
+        "records": json.dumps(rows),
+        "columns": json.dumps(columns),
+        "lines": "".join(json.dumps(r) + "\n" for r in rows),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["json", "json.gz"])
+@pytest.mark.parametrize("layout", ["records", "columns", "lines"])
+def test_json_layouts_give_the_same_rows(tmp_path: Path, fmt: str, layout: str) -> None:
+    text = _json_layouts(ROWS)[layout]
+    path = tmp_path / f"input.{fmt}"
+    path.write_bytes(gzip.compress(text.encode()) if fmt.endswith(".gz") else text.encode())
+    opts = {"input_format": fmt, "caption_col": "caption", "save_additional_columns": ["score"]}
+    (shard,) = _shards(str(path), **opts)
+    assert shard.table.column("url").to_pylist() == EXPECTED_URLS
+    assert shard.table.column("caption").to_pylist() == [r["caption"] for r in ROWS]
+    assert shard.table.column("score").to_pylist() == [r["score"] for r in ROWS]
+    assert shard.table.schema.field("score").type == pa.int64()
+    assert count_rows(str(path), DownloadOptions(**opts)) == len(ROWS)
+
+
+def test_json_column_layout_with_missing_labels_and_mixed_values(tmp_path: Path) -> None:
+    path = tmp_path / "input.json"
+    path.write_text(
+        json.dumps(
+            {"url": {"0": "http://a/", "1": "http://b/"}, "n": {"1": 2.5}, "mixed": {"0": 1, "1": "x"}}
+        )
+    )
+    (shard,) = _shards(str(path), input_format="json", save_additional_columns=["n", "mixed"])
+    assert shard.table.to_pylist() == [
+        {"url": "http://a/", "n": None, "mixed": "1"},
+        {"url": "http://b/", "n": 2.5, "mixed": "x"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [('"a string"', "expected a JSON array"), ("  ", "no JSON value"), ('{"url": {"0": ', "not valid JSON")],
+)
+def test_json_of_no_known_layout_names_the_file(tmp_path: Path, content: str, expected: str) -> None:
+    path = tmp_path / "odd.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match=expected) as err:
+        _shards(str(path), input_format="json")
+    assert "odd.json" in str(err.value)

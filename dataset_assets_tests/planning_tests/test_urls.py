@@ -9,8 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dataset_assets.engine.runner import download_shard
 from dataset_assets.io.sources import InputError
 from dataset_assets.planning import FilterSettings, filter_urls, normalize_url_sql, write_shard_inputs
+from dataset_assets_tests.conftest import local_options
+from dataset_assets_tests.fakeweb.images import make_image
+from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
 # (url, caption, WIDTH, HEIGHT, similarity, punsafe) and the rule expected to remove the row.
 CRAFTED: list[tuple[tuple, str | None]] = [
@@ -116,12 +120,17 @@ def test_exact_sequential_counts(tmp_path: Path, suffix: str) -> None:
     assert "pwatermark" in report.skipped_rules["max_pwatermark"]
 
     table = pq.read_table(out)
-    assert table.column_names == ["url", "caption", "WIDTH", "HEIGHT", "similarity", "punsafe"]
+    assert table.column_names == ["url", "fetch_url", "caption", "WIDTH", "HEIGHT", "similarity", "punsafe"]
     assert table.column("url").to_pylist() == [
         "http://a.com/1.jpg",
         "http://notbad.com/10.jpg",
         "http://b.com/11.jpg",
     ]
+    assert table.column("fetch_url").to_pylist() == table.column("url").to_pylist()
+    # A CSV's numbers stay numbers, as in the parquet input (img2dataset's pandas reader agrees).
+    assert table.schema.field("WIDTH").type == pa.int64()
+    assert table.schema.field("similarity").type == pa.float64()
+    assert table.schema.field("caption").type == pa.string()
     assert report.columns == table.column_names
     assert sorted(report.top_domains) == [("a.com", 1), ("b.com", 1), ("notbad.com", 1)]
     assert not [p for p in out.parent.iterdir() if p.name != "filtered.parquet"]  # no temp file left
@@ -139,7 +148,7 @@ def test_allowed_domains_and_unset_filters(tmp_path: Path) -> None:
         "http://b.com/11.jpg",
     ]
     # Filter columns present in the input are carried along even when their filter is unset.
-    assert pq.read_schema(out).names == ["url", "WIDTH", "HEIGHT", "similarity", "punsafe"]
+    assert pq.read_schema(out).names == ["url", "fetch_url", "WIDTH", "HEIGHT", "similarity", "punsafe"]
 
 
 def test_missing_filter_columns_are_skipped(tmp_path: Path) -> None:
@@ -170,7 +179,7 @@ def test_lower_case_width_height_columns(tmp_path: Path) -> None:
     report = filter_urls(str(path), "parquet", str(tmp_path / "f.parquet"), settings)
     assert report.removed["min_width"] == 1
     assert report.removed["max_filter_aspect_ratio"] == 0
-    assert pq.read_schema(tmp_path / "f.parquet").names == ["url", "width", "height"]
+    assert pq.read_schema(tmp_path / "f.parquet").names == ["url", "fetch_url", "width", "height"]
 
 
 def test_several_files_keep_file_order_and_dedup_across_files(tmp_path: Path) -> None:
@@ -182,6 +191,34 @@ def test_several_files_keep_file_order_and_dedup_across_files(tmp_path: Path) ->
     report = filter_urls(str(folder), "txt", str(out), FilterSettings())
     assert report.removed == {"invalid_url": 0, "duplicate": 1}
     assert pq.read_table(out).column("url").to_pylist() == ["http://x/a1", "http://x/a2", "http://x/b1"]
+
+
+def test_url_keeps_the_input_text_while_dedup_compares_the_normalised_form(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    given = "https://Example.COM/été 2020.jpg#x"
+    path.write_text(f"url\n{given}\nhttps://example.com/%C3%A9t%C3%A9%202020.jpg\nhttp://b.com/ b.jpg \n")
+    out = tmp_path / "f.parquet"
+    report = filter_urls(str(path), "csv", str(out), FilterSettings())
+    assert report.removed == {"invalid_url": 0, "duplicate": 1}
+    table = pq.read_table(out)
+    assert table.column("url").to_pylist() == [given, "http://b.com/ b.jpg "]  # exactly as given
+    assert table.column("fetch_url").to_pylist() == [
+        "https://example.com/%C3%A9t%C3%A9%202020.jpg",
+        "http://b.com/%20b.jpg",
+    ]
+    assert sorted(report.top_domains) == [("b.com", 1), ("example.com", 1)]
+
+
+def test_files_with_different_column_types_share_one(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.csv").write_text("url,score,n\nhttp://x/1,1,5\nhttp://x/2,2,6\n")
+    (folder / "b.csv").write_text("url,score,n\nhttp://x/3,N/A,7.5\n")
+    out = tmp_path / "f.parquet"
+    filter_urls(str(folder), "csv", str(out), FilterSettings(save_additional_columns=["score", "n"]))
+    table = pq.read_table(out)
+    assert table.column("score").to_pylist() == ["1", "2", "N/A"]
+    assert table.column("n").to_pylist() == [5.0, 6.0, 7.5]
 
 
 def test_missing_required_column_and_empty_input(tmp_path: Path) -> None:
@@ -238,3 +275,22 @@ def test_one_million_rows(tmp_path: Path) -> None:
     assert len(report.top_domains) == 20
     keys = write_shard_inputs(str(out), str(tmp_path / "shards"), 10_000)
     assert len(keys) == -(-report.rows_out // 10_000)
+
+
+def test_planned_shard_stores_the_input_url_and_fetches_the_normalised_one(tmp_path: Path) -> None:
+    """The Dagster path: plan, cut, download; the dataset's url joins back to the input."""
+    with ImageServer(
+        images={"été 2020.jpg": make_image(6, 40, 30, "jpg")}, config=ServerConfig(max_lifetime_s=120)
+    ) as server:
+        given = f"HTTP://127.0.0.1:{server.port}/img/%C3%A9t%C3%A9 2020.jpg#x"
+        path = tmp_path / "in.parquet"
+        pq.write_table(pa.table({"url": [given, given.replace("#x", "")]}), path)
+        filter_urls(str(path), "parquet", str(tmp_path / "f.parquet"), FilterSettings())
+        write_shard_inputs(str(tmp_path / "f.parquet"), str(tmp_path / "shards"), 10)
+        shard = pq.read_table(tmp_path / "shards" / "00000.parquet")
+        stats = download_shard(shard, str(tmp_path / "out"), local_options(output_format="parquet"))
+        assert server.stats.paths == ["/robots.txt", "/img/%C3%A9t%C3%A9%202020.jpg"]
+    assert stats.successes == stats.count == 1  # the second spelling was a duplicate
+    table = pq.read_table(tmp_path / "out" / "00000.parquet")
+    assert table.column("url").to_pylist() == [given]
+    assert "fetch_url" not in table.column_names
