@@ -38,6 +38,17 @@ def rows(urls: list[str | None], captions: list[str | None] | None = None, **ext
     return pa.table(columns)
 
 
+# Every per-origin policy file off (robots.txt, tdmrep.json, ai.txt, and the signals read from
+# them): for tests that count requests or connections, or whose host is down on purpose.
+NO_POLICY_FILES: dict[str, bool] = {
+    "respect_robots_txt": False,
+    "respect_content_signal": False,
+    "respect_content_usage": False,
+    "respect_tdmrep": False,
+    "respect_ai_txt": False,
+}
+
+
 def local_options(**overrides: object) -> DownloadOptions:
     """Options for tests: loopback allowed, small pools, short deadlines."""
     values: dict[str, object] = {

@@ -26,17 +26,28 @@ from yarl import URL
 from dataset_assets import __version__
 from dataset_assets.engine.addresses import AddressRefused, SafeResolver, check_host
 from dataset_assets.engine.options import DownloadOptions
+from dataset_assets.engine.origin_policy import (
+    PolicyFile,
+    Unavailable,
+    Verdict,
+    files_to_fetch,
+    header_verdict,
+    judge,
+    no_policy,
+    parse_policy,
+)
 from dataset_assets.engine.politeness import HostPoliteness, HostRefused, host_key
-from dataset_assets.engine.robots import MAX_ROBOTS_BYTES, RobotsRules, parse_robots
+from dataset_assets.engine.robots import MAX_ROBOTS_BYTES
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Status codes worth retrying: the same request may succeed later. 404/403/410 never do.
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 60.0
 READ_CHUNK = 64 * 1024
+# Per-origin policy files (robots.txt, tdmrep.json, ai.txt) share robots.txt's limits.
 ROBOTS_TIMEOUT_S = 10.0
 ROBOTS_MAX_REDIRECTS = 5  # RFC 9309 §2.3.1.2
-ROBOTS_RETRY_S = 30.0  # an unavailable robots.txt is asked again after this long (not per row)
+ROBOTS_RETRY_S = 30.0  # an unavailable policy file is asked again after this long (not per row)
 # A throttled row with a Retry-After is retried this many times after the wait, on top of retries.
 MAX_THROTTLED_RETRIES = 3
 # What one worker holds in bodies (in flight and waiting for the image stage); see RequestWindow.
@@ -45,6 +56,8 @@ INITIAL_MEAN_BODY_BYTES = 1024 * 1024
 MEAN_BODY_WEIGHT = 0.05
 MIN_REQUESTS_IN_FLIGHT = 4
 PRODUCT_TOKEN = "dataset-assets"
+# img2dataset's token: we accept its command lines, and AI block lists name it.
+IMG2DATASET_TOKEN = "img2dataset"
 
 T = TypeVar("T")
 
@@ -217,9 +230,11 @@ class Fetcher:
             options.max_connections_per_host, options.requests_per_second_per_host, options.host_failure_limit
         )
         self.window = RequestWindow(options.thread_count, MAX_HELD_BODY_BYTES)
-        self._robots: dict[str, tuple[float, asyncio.Future[RobotsRules]]] = {}
-        tokens = (options.user_agent_token, PRODUCT_TOKEN) if options.user_agent_token else (PRODUCT_TOKEN,)
-        self._product_tokens = tuple(t.lower() for t in tokens)
+        # (origin, file path) -> when asked, the file's rules; one request per file per origin.
+        self._policies: dict[tuple[str, str], tuple[float, asyncio.Future[PolicyFile]]] = {}
+        self._policy_paths = files_to_fetch(options)
+        tokens = (options.user_agent_token, PRODUCT_TOKEN, IMG2DATASET_TOKEN)
+        self._product_tokens = tuple(dict.fromkeys(t.lower() for t in tokens if t))
 
     async def __aenter__(self) -> Fetcher:
         options = self._options
@@ -248,7 +263,7 @@ class Fetcher:
             await self._session.close()
 
     async def fetch(self, url: str) -> FetchedBody:
-        """Fetch one image: robots.txt, then the host's turn, then the request under its deadline.
+        """Fetch one image: the origin's policy files, then the host's turn, then the request.
 
         Retries transient failures ``retries`` times; a throttled answer with a Retry-After we
         can honour is retried after that delay whatever ``retries`` says (the site asked us to
@@ -261,8 +276,8 @@ class Fetcher:
         for attempt in itertools.count():
             try:
                 first = _checked_url(url, self._options.allow_private_addresses)
-                if self._options.respect_robots_txt:
-                    await self._check_robots(first)
+                if self._policy_paths:
+                    await self._check_policies(first)
                 async with self._hosts.turn(host), self.window.request():
                     self._hosts.check(host)
                     body = await self._with_deadline(
@@ -339,8 +354,8 @@ class Fetcher:
         for hop in range(limit + 1):
             if hop:
                 current = _checked_url(current, options.allow_private_addresses)
-                if check_robots and options.respect_robots_txt:
-                    await self._check_robots(current)
+                if check_robots and self._policy_paths:
+                    await self._check_policies(current)
             seen.add(str(current))
             async with self._session.get(current, allow_redirects=False) as response:
                 if response.status in REDIRECT_STATUSES:
@@ -372,32 +387,36 @@ class Fetcher:
             raise FetchError(
                 f"Use of image disallowed by X-Robots-Tag directive ({directive})", opt_out="x-robots-tag"
             )
+        verdict = header_verdict(_origin(url), response.headers, self._options)
+        if verdict is not None:
+            raise _refused(verdict)
         data = await self._read_capped(response, self._options.max_body_bytes)
         return FetchedBody(data, response.headers.get("Content-Type", ""), str(url))
 
-    async def _check_robots(self, url: URL) -> None:
+    async def _check_policies(self, url: URL) -> None:
+        """Refuse ``url`` if its origin's policy files say so (or could not be read)."""
         origin = _origin(url)
-        loaded = self._robots.get(origin)
-        if loaded is None or _expired(loaded):
-            loaded = self._robots[origin] = (
-                time.monotonic(),
-                asyncio.ensure_future(self._load_robots(origin)),
-            )
-        future = loaded[1]
-        # shield: one request's deadline must not cancel the fetch that others wait for
-        rules = future.result() if future.done() else await asyncio.shield(future)
-        if rules.unavailable_reason is not None:
-            # Not an opt-out: the site said nothing; the row fails for this run only.
-            raise FetchError(
-                f"robots.txt of {origin} unavailable ({rules.unavailable_reason}); not fetched, retry later"
-            )
-        path = url.raw_path_qs or "/"
-        rule = rules.blocking_rule(path)
-        if rule is not None:
-            raise FetchError(f"disallowed by robots.txt of {origin} ({rule})", opt_out="robots.txt")
+        futures = {path: self._policy_file(origin, path) for path in self._policy_paths}
+        for future in futures.values():  # all started above: they run concurrently
+            if not future.done():
+                # shield: one request's deadline must not cancel the fetch that others wait for
+                await asyncio.shield(future)
+        files = {path: future.result() for path, future in futures.items()}
+        verdict = judge(origin, url.raw_path_qs or "/", files, self._options)
+        if verdict is not None:
+            raise _refused(verdict)
 
-    async def _load_robots(self, origin: str) -> RobotsRules:
-        """Fetch and parse an origin's robots.txt once; RFC 9309 §2.3.1 decides on failures."""
+    def _policy_file(self, origin: str, path: str) -> asyncio.Future[PolicyFile]:
+        loaded = self._policies.get((origin, path))
+        if loaded is None or _expired(loaded):
+            loaded = self._policies[(origin, path)] = (
+                time.monotonic(),
+                asyncio.ensure_future(self._load_policy(origin, path)),
+            )
+        return loaded[1]
+
+    async def _load_policy(self, origin: str, path: str) -> PolicyFile:
+        """Fetch and parse one policy file of an origin; RFC 9309 §2.3.1 decides on failures."""
 
         async def read(response: aiohttp.ClientResponse, _: URL) -> tuple[int, bytes]:
             if response.status >= 400:
@@ -406,7 +425,7 @@ class Fetcher:
 
         seconds = min(self._options.timeout, ROBOTS_TIMEOUT_S)
         try:
-            first = _checked_url(f"{origin}/robots.txt", self._options.allow_private_addresses)
+            first = _checked_url(f"{origin}{path}", self._options.allow_private_addresses)
             # No host turn (the origin's image rows all wait for this one request anyway), but a
             # place in the request window: a long tail starts thousands of these at once, and
             # so many DNS lookups and connections in one burst are a flood, not a crawl.
@@ -416,13 +435,13 @@ class Fetcher:
                 )
         except (FetchError, AddressRefused) as error:
             if str(error).startswith("too many redirects"):
-                return RobotsRules()  # RFC: may be treated as unavailable (4xx)
-            return RobotsRules(unavailable_reason=str(error))
+                return no_policy(path)  # RFC 9309: may be treated as unavailable (4xx)
+            return Unavailable(str(error))
         if status == 429 or status >= 500:
-            return RobotsRules(unavailable_reason=f"HTTP {status}")
+            return Unavailable(f"HTTP {status}")
         if status >= 400:
-            return RobotsRules()  # no robots.txt: everything allowed
-        return parse_robots(data.decode("utf-8", errors="replace"), self._product_tokens)
+            return no_policy(path)  # no such file: it says nothing
+        return parse_policy(path, data, self._product_tokens)
 
     async def _read_capped(self, response: aiohttp.ClientResponse, cap: int, truncate: bool = False) -> bytes:
         """Read the body, never holding more than ``cap`` bytes, whatever Content-Length says."""
@@ -467,16 +486,20 @@ def _checked_url(url: str | URL, allow_private: bool) -> URL:
     return parsed if host == parsed.host else parsed.with_host(host)
 
 
-def _expired(loaded: tuple[float, asyncio.Future[RobotsRules]]) -> bool:
-    """An unavailable robots.txt is asked again after a while; a fetched one lasts the run."""
+def _refused(verdict: Verdict) -> FetchError:
+    return FetchError(verdict.message, opt_out=verdict.opt_out)
+
+
+def _expired(loaded: tuple[float, asyncio.Future[PolicyFile]]) -> bool:
+    """An unavailable policy file is asked again after a while; a fetched one lasts the run."""
     when, future = loaded
     if not future.done() or future.cancelled() or future.exception() is not None:
         return future.done()
-    return future.result().unavailable_reason is not None and time.monotonic() - when > ROBOTS_RETRY_S
+    return isinstance(future.result(), Unavailable) and time.monotonic() - when > ROBOTS_RETRY_S
 
 
 def _origin(url: str | URL) -> str:
-    """scheme://host:port, the unit of robots.txt and of per-host politeness."""
+    """scheme://host:port, the unit of policy files and of per-host politeness."""
     parsed = url if isinstance(url, URL) else URL(url, encoded=False) if url else URL()
     if not parsed.host:
         return str(url)

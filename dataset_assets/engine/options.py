@@ -142,7 +142,7 @@ class DownloadOptions:
     )
     retries: int = option(0, "Retries on transient errors (timeouts, resets, 408/425/429/5xx).", ge=0)
     user_agent_token: str | None = option(
-        None, "Your token in the User-Agent, also honoured as a robots.txt user agent."
+        None, "Your token in the User-Agent, also honoured as a robots.txt and ai.txt user agent."
     )
     disallowed_header_directives: tuple[str, ...] = option(
         DEFAULT_DISALLOWED_HEADER_DIRECTIVES, "X-Robots-Tag directives that refuse an image."
@@ -160,7 +160,27 @@ class DownloadOptions:
     host_failure_limit: int = option(
         5, "New: real host failures in a row before its remaining rows are skipped; 0 = never.", ge=0
     )
-    respect_robots_txt: bool = option(True, "New: honour robots.txt (fetched once per origin per run).")
+    respect_robots_txt: bool = option(
+        True,
+        "New: honour robots.txt Allow/Disallow for our tokens (dataset-assets, user_agent_token, "
+        "img2dataset), else * (robots.txt fetched once per origin per run).",
+    )
+    respect_content_signal: bool = option(
+        True, "New: honour Cloudflare Content-Signal ai-train=no in robots.txt (origin-wide)."
+    )
+    respect_content_usage: bool = option(
+        True,
+        "New: honour IETF aipref Content-Usage train-ai=n, as a robots.txt rule (longest path "
+        "match) and as a response header (checked before the body is read).",
+    )
+    respect_tdmrep: bool = option(
+        True,
+        "New: honour W3C TDMRep tdm-reservation=1, from /.well-known/tdmrep.json (once per "
+        "origin per run) and the response header.",
+    )
+    respect_ai_txt: bool = option(
+        True, "New: honour Spawning ai.txt Disallow rules (/ai.txt, once per origin per run)."
+    )
     allow_private_addresses: bool = option(
         False, "New: allow private and loopback addresses (metadata addresses are always refused)."
     )

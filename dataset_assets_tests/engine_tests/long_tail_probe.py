@@ -57,6 +57,8 @@ def main() -> int:
                 "dns_lookups": sum(dns.queries.values()),
                 "max_lookups_one_name": max(dns.queries.values(), default=0),
                 "robots_txt_requests": sum(s.paths.count("/robots.txt") for s in seen),
+                "tdmrep_requests": sum(s.paths.count("/.well-known/tdmrep.json") for s in seen),
+                "ai_txt_requests": sum(s.paths.count("/ai.txt") for s in seen),
                 "elapsed_s": elapsed,
             }
     finally:

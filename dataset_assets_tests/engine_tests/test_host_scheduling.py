@@ -17,7 +17,7 @@ import pytest
 
 from dataset_assets.engine.politeness import HostPoliteness, HostRefused, worker_for
 from dataset_assets.engine.runner import download_shard
-from dataset_assets_tests.conftest import local_options, rows
+from dataset_assets_tests.conftest import NO_POLICY_FILES, local_options, rows
 from dataset_assets_tests.fakeweb.images import make_image
 from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
@@ -70,7 +70,7 @@ def test_the_connection_cap_is_per_run_not_per_process(
         processes_count=processes,
         max_connections_per_host=3,
         thread_count=64,
-        respect_robots_txt=False,
+        **NO_POLICY_FILES,
         output_format="parquet",
     )
     stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
@@ -91,8 +91,9 @@ def test_robots_txt_is_asked_once_per_origin_with_several_processes(
     options = local_options(processes_count=3, max_connections_per_host=4, output_format="parquet")
     stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
     assert stats.successes == 90, _messages(tmp_path)
-    assert three_hosts.stats.paths.count("/robots.txt") == 3
-    assert sum(three_hosts.stats.host(h).requests for h in hosts) == 93
+    for policy_file in ("/robots.txt", "/.well-known/tdmrep.json", "/ai.txt"):
+        assert three_hosts.stats.paths.count(policy_file) == 3, policy_file
+    assert sum(three_hosts.stats.host(h).requests for h in hosts) == 90 + 3 * 3
 
 
 @pytest.mark.slow
@@ -109,7 +110,7 @@ def test_cpu_heavy_images_do_not_make_other_requests_time_out(tmp_path) -> None:
             timeout=1.5,
             thread_count=64,
             max_connections_per_host=64,
-            respect_robots_txt=False,
+            **NO_POLICY_FILES,
             output_format="parquet",
         )
         stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
@@ -123,7 +124,7 @@ def test_throttled_with_retry_after_is_fetched_later_even_with_retries_0(tmp_pat
     images = {"a.jpg": make_image(1, 64, 48)}
     with ImageServer(images=images, config=ServerConfig(max_lifetime_s=60)) as server:
         urls = [server.url("a.jpg"), server.url_for("/hostile/retry-after-1/a.jpg")]
-        options = local_options(retries=0, respect_robots_txt=False, output_format="parquet")
+        options = local_options(retries=0, **NO_POLICY_FILES, output_format="parquet")
         stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
         assert stats.successes == 2, _messages(tmp_path)
         times = server.stats.first_seen["/hostile/retry-after-1/a.jpg"]
@@ -141,7 +142,7 @@ def test_a_rate_limited_host_under_load_is_queued_not_refused(tmp_path) -> None:
             requests_per_second_per_host=10,
             thread_count=64,
             timeout=1,
-            respect_robots_txt=False,
+            **NO_POLICY_FILES,
             output_format="parquet",
         )
         started = time.monotonic()
@@ -207,7 +208,7 @@ def test_one_host_still_spreads_image_work_over_every_worker(tmp_path) -> None:
             processes_count=2,
             thread_count=32,
             max_connections_per_host=16,
-            respect_robots_txt=False,
+            **NO_POLICY_FILES,
             output_format="parquet",
         )
         stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from dataset_assets.engine.robots import parse_robots
 from dataset_assets.engine.runner import download_shard
-from dataset_assets_tests.conftest import local_options, rows
+from dataset_assets_tests.conftest import NO_POLICY_FILES, local_options, rows
 from dataset_assets_tests.fakeweb.images import make_image
 from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
@@ -218,7 +218,7 @@ def test_connections_per_host_are_capped(hostile_server: ImageServer, tmp_path) 
     host = "127.0.0.2"
     hostile_server.reset_stats()
     urls = [hostile_server.url_for(f"/slow/0.2/good.jpg?n={i}", host=host) for i in range(24)]
-    options = local_options(max_connections_per_host=3, thread_count=32, respect_robots_txt=False)
+    options = local_options(max_connections_per_host=3, thread_count=32, **NO_POLICY_FILES)
     stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
     assert stats.successes == 24
     seen = hostile_server.stats.host(host)
@@ -228,7 +228,7 @@ def test_connections_per_host_are_capped(hostile_server: ImageServer, tmp_path) 
 
 def test_a_dead_host_is_short_circuited(tmp_path) -> None:
     dead = [f"http://127.0.0.1:1/{i}.jpg" for i in range(8)]  # nothing listens on port 1
-    options = local_options(host_failure_limit=3, respect_robots_txt=False, thread_count=1)
+    options = local_options(host_failure_limit=3, **NO_POLICY_FILES, thread_count=1)
     download_shard(rows(dead), str(tmp_path), options, shard_id=0)
     messages = [m for _, m in _statuses(tmp_path, 8)[0]]
     assert sum(m.startswith("connection failed") for m in messages) == 3

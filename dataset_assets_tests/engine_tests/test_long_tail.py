@@ -51,3 +51,4 @@ def test_long_tail_resolves_each_name_once_and_asks_robots_once_per_origin(tmp_p
     assert report["dns_names"] == report["hosts_used"]
     assert report["max_lookups_one_name"] == 1, report
     assert report["robots_txt_requests"] == report["hosts_used"]
+    assert report["tdmrep_requests"] == report["ai_txt_requests"] == report["hosts_used"]

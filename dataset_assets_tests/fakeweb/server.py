@@ -18,13 +18,17 @@ Routes (``{name}`` is one path segment, percent-decoded):
 ``/img/{name}``                    the image, Content-Type from its extension, Content-Length set
 ``/status/{code}``                 that status with a small HTML body (200..599)
 ``/reason/{code}/{phrase}``        that status with ``{phrase}`` as its reason phrase
-``/robots.txt``                    configurable text, allow-all by default
+``/robots.txt``                    configurable text (per listening address too), allow-all by default
+``/.well-known/tdmrep.json``       configurable like robots.txt (W3C TDMRep); 404 until set
+``/ai.txt``                        configurable like robots.txt (Spawning ai.txt); 404 until set
 ``/html``                          a 200 ``text/html`` page (a "URL that is not an image")
 ``/slow/{seconds}/{name}``         sleep (capped at 30 s), then the image
 ``/trickle/{name}``                the full Content-Length, but one byte every 0.5 s
 ``/redirect/{n}/{name}``           ``n`` 302 hops, then the image
 ``/redirect-loop``                 302 to itself forever
 ``/robots-tag/{directive}/{name}`` the image with ``X-Robots-Tag: {directive}``
+``/header/{field}/{value}/{name}`` the image with ``{field}: {value}`` (e.g. ``Content-Usage``,
+                                   ``tdm-reservation``)
 ``/truncated/{name}``              full Content-Length declared, half the body sent, then closed
 ``/hostile/{kind}/{name}``         one misbehaviour per ``kind``, e.g. ``gzip`` (the image sent
                                    with ``Content-Encoding: gzip``, larger than the image itself)
@@ -61,6 +65,8 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 DEFAULT_ROBOTS_TXT = "User-agent: *\nDisallow:\n"
+# The per-origin policy files a crawler reads; each can be set per listening address.
+POLICY_PATHS = ("/robots.txt", "/.well-known/tdmrep.json", "/ai.txt")
 MAX_SLOW_S = 30.0
 MAX_REDIRECT_HOPS = 100
 STATS_PATH = "/_stats"
@@ -307,8 +313,10 @@ class ImageServer(_UrlMixin):
         self._root = Path(root) if root is not None else None
         self._images: dict[str, bytes] = dict(images or {})
         self._header_rules: list[tuple[str, dict[str, str]]] = []
-        self._robots_txt = self.config.robots_txt
-        self._robots_status = 200
+        # (listening address or None for all, path) -> (body, status)
+        self._policy_files: dict[tuple[str | None, str], tuple[str, int]] = {
+            (None, "/robots.txt"): (self.config.robots_txt, 200)
+        }
         self._rules_lock = threading.Lock()
         self._recorder = _Recorder(self.config.max_recorded_paths)
         self._rng = random.Random(self.config.seed)
@@ -389,11 +397,22 @@ class ImageServer(_UrlMixin):
         with self._rules_lock:
             self._header_rules.append((name_pattern, {str(k): str(v) for k, v in headers.items()}))
 
-    def set_robots_txt(self, text: str, status: int = 200) -> None:
+    def set_robots_txt(self, text: str, status: int = 200, host: str | None = None) -> None:
         """Serve ``text`` as /robots.txt with ``status`` (e.g. 404: none; 503: unavailable)."""
+        self.set_policy_file("/robots.txt", text, status, host)
+
+    def set_policy_file(self, path: str, text: str, status: int = 200, host: str | None = None) -> None:
+        """Serve ``text`` at ``path`` (one of :data:`POLICY_PATHS`) with ``status``.
+
+        ``host`` (one of :attr:`hosts`) sets it for that address only, so each loopback address
+        can play a site with its own policy; ``None`` sets it for the addresses without one.
+        """
+        if path not in POLICY_PATHS:
+            raise ValueError(f"{path!r} is not a policy file; one of {POLICY_PATHS}")
+        if host is not None and host not in self._hosts:
+            raise ValueError(f"{host} is not served here; listening on {self._hosts}")
         with self._rules_lock:
-            self._robots_txt = text
-            self._robots_status = status
+            self._policy_files[(host, path)] = (text, status)
 
     @property
     def stats(self) -> ServerStats:
@@ -518,13 +537,15 @@ class ImageServer(_UrlMixin):
         app.router.add_get("/img/{name}", self._img)
         app.router.add_get("/status/{code}", self._status)
         app.router.add_get("/reason/{code}/{phrase}", self._reason)
-        app.router.add_get("/robots.txt", self._robots)
+        for path in POLICY_PATHS:
+            app.router.add_get(path, self._policy_file)
         app.router.add_get("/html", self._html)
         app.router.add_get("/slow/{seconds}/{name}", self._slow)
         app.router.add_get("/trickle/{name}", self._trickle)
         app.router.add_get("/redirect/{n}/{name}", self._redirect)
         app.router.add_get("/redirect-loop", self._redirect_loop)
         app.router.add_get("/robots-tag/{directive}/{name}", self._robots_tag)
+        app.router.add_get("/header/{field}/{value}/{name}", self._with_header)
         app.router.add_get("/truncated/{name}", self._truncated)
         app.router.add_get("/hostile/{kind}/{name}", self._hostile)
         app.router.add_get(STATS_PATH, self._stats)
@@ -583,10 +604,15 @@ class ImageServer(_UrlMixin):
         code = int(request.match_info["code"])
         return web.Response(status=code, reason=request.match_info["phrase"], text="no")
 
-    async def _robots(self, request: web.Request) -> web.Response:
+    async def _policy_file(self, request: web.Request) -> web.Response:
+        host, path = _local_host(request.transport), request.path
         with self._rules_lock:
-            text, status = self._robots_txt, self._robots_status
-        return web.Response(status=status, text=text, content_type="text/plain")
+            served = self._policy_files.get((host, path)) or self._policy_files.get((None, path))
+        if served is None:
+            raise web.HTTPNotFound(text=f"no {path} here")
+        text, status = served
+        content_type = "application/json" if path.endswith(".json") else "text/plain"
+        return web.Response(status=status, text=text, content_type=content_type)
 
     async def _html(self, request: web.Request) -> web.Response:
         return web.Response(text=_HTML_PAGE, content_type="text/html")
@@ -692,6 +718,12 @@ class ImageServer(_UrlMixin):
         if any(c in directive for c in "\r\n"):
             raise web.HTTPBadRequest(text="directive must not contain line breaks")
         return self._image_response(request.match_info["name"], {"X-Robots-Tag": directive})
+
+    async def _with_header(self, request: web.Request) -> web.Response:
+        field, value = request.match_info["field"], request.match_info["value"]
+        if not field.replace("-", "").isalnum() or any(c in value for c in "\r\n"):
+            raise web.HTTPBadRequest(text="field must be a token and value one line")
+        return self._image_response(request.match_info["name"], {field: value})
 
     async def _truncated(self, request: web.Request) -> web.StreamResponse:
         """Promise the whole body, deliver half, hang up: the client must not keep a partial file."""
