@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import signal
@@ -311,3 +312,58 @@ def test_json_in_pandas_column_layout_downloads(image_server: ImageServer, tmp_p
     assert table.column("url").to_pylist() == urls
     assert table.column("caption").to_pylist() == ["a", "b"]
     assert table.column("status").to_pylist() == ["success", "success"]
+
+
+def test_url_blocklist_rows_are_never_requested_and_counted_as_opt_outs(
+    image_server: ImageServer, tmp_path: Path
+) -> None:
+    port = image_server.port
+    given = image_server.url("small.png")
+    urls = [
+        image_server.url("landscape.jpg"),  # not listed
+        image_server.url("portrait.jpg"),  # listed as a URL, spelled otherwise
+        given,  # listed as the sha256 of the URL as given
+        f"http://cdn.img.blocked.test:{port}/img/photo.webp",  # a subdomain of a listed domain
+        f"http://blocked.test:{port}/img/landscape.jpg?exact",  # the listed domain itself
+    ]
+    (tmp_path / "removals.txt").write_text(
+        "# removal requests, one a line\n"
+        f"HTTP://127.0.0.1:{port}/img/portrait.jpg#whatever\n"
+        f"{hashlib.sha256(given.encode()).hexdigest()}\n"
+        "\n"
+        "blocked.test\n"
+    )
+    _write_csv(tmp_path / "urls.csv", urls)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        CLI
+        + _img2dataset_args(tmp_path / "urls.csv", out, "--url_blocklist", str(tmp_path / "removals.txt")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    table = pa.concat_tables([pq.read_table(out / "00000.parquet"), pq.read_table(out / "00001.parquet")])
+    got = {r["url"]: (r["status"], r["error_message"]) for r in table.to_pylist()}
+    assert len(got) == len(urls)  # every input row is in the metadata
+    assert got[urls[0]] == ("success", None)
+    assert got[urls[1]] == ("failed_to_download", "blocked by url_blocklist (URL)")
+    assert got[urls[2]] == ("failed_to_download", "blocked by url_blocklist (URL sha256)")
+    assert got[urls[3]] == ("failed_to_download", "blocked by url_blocklist (domain blocked.test)")
+    assert got[urls[4]] == ("failed_to_download", "blocked by url_blocklist (domain blocked.test)")
+    opt_outs = [json.loads((out / f"0000{i}_stats.json").read_text())["opt_outs"] for i in (0, 1)]
+    assert sum(o.get("blocklist", 0) for o in opt_outs) == 4
+    # the only image requested (robots.txt and other site-wide files aside)
+    assert [p for p in image_server.stats.paths if p.startswith("/img/")] == ["/img/landscape.jpg"]
+
+
+def test_missing_url_blocklist_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "urls.txt").write_text("http://127.0.0.1:9/x.jpg\n")
+    missing = tmp_path / "no-such-list.txt"
+    done = _download(
+        *("--url_list", str(tmp_path / "urls.txt"), "--output_folder", str(tmp_path / "out")),
+        *("--url_blocklist", str(missing)),
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"error: url_blocklist {missing} not found"]
+    assert not (tmp_path / "out").exists()  # nothing was started

@@ -42,6 +42,8 @@ def dataset_verification(
             "successes": report.successes,
             "success_rate": dg.MetadataValue.float(report.success_rate),
             "samples_decoded": report.samples_decoded,
+            "opted_out": sum(report.opt_outs.values()),
+            "opt_outs": dg.MetadataValue.json(dict(sorted(report.opt_outs.items()))),
             "checks_failed": dg.MetadataValue.json(
                 sorted(name for name, outcome in report.checks.items() if not outcome.passed)
             ),

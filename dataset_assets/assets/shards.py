@@ -89,4 +89,7 @@ def shard_metadata(stats: ShardStats) -> dict[str, object]:
             ),
         ),
         "files": dg.MetadataValue.json(stats.files),
+        # The consent ledger: rows refused by each opt-out signal (outages are not counted).
+        "opted_out": sum(stats.opt_outs.values()),
+        "opt_outs": dg.MetadataValue.json(dict(sorted(stats.opt_outs.items()))),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataset_assets.engine.blocklist import load_blocklist
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.reader import count_rows, iter_input_shards
 from dataset_assets.engine.runner import DownloadPool, already_done, read_shard_stats
@@ -30,6 +31,8 @@ def download(
     never spanning files), so re-running the same command resumes where it stopped.
     """
     options = for_url_list(options)
+    # Read before anything is touched: a missing list stops the run with nothing changed.
+    blocklist = load_blocklist(options.url_blocklist) if options.url_blocklist else None
     output = OutputFolder(output_folder)
     if options.incremental_mode == "overwrite":
         output.fs.rm(output.root, recursive=True)
@@ -51,7 +54,7 @@ def download(
 
         bar = tqdm(total=count_rows(url_list, options), unit="img", smoothing=0.05)
     try:
-        with DownloadPool(options, output) as pool:
+        with DownloadPool(options, output, blocklist) as pool:
             shards = iter_input_shards(url_list, options, skip=complete)
             for stats in pool.run(shards, on_progress=bar.update if bar is not None else None):
                 results.append(stats)

@@ -181,6 +181,16 @@ class DownloadOptions:
     respect_ai_txt: bool = option(
         True, "New: honour Spawning ai.txt Disallow rules (/ai.txt, once per origin per run)."
     )
+    respect_xmp_datamining: bool = option(
+        True,
+        "New: refuse images whose own XMP says IPTC/PLUS plus:DataMining DMI-PROHIBITED* "
+        "(read from the bytes before decoding).",
+    )
+    url_blocklist: str | None = option(
+        None,
+        "New: removal list (file or folder, local or fsspec URL): one URL, URL sha256 or domain "
+        "(subdomains included) a line; matching rows are never requested.",
+    )
     allow_private_addresses: bool = option(
         False, "New: allow private and loopback addresses (metadata addresses are always refused)."
     )

@@ -27,10 +27,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from dataset_assets.engine.blocklist import SIGNAL as BLOCKLIST_SIGNAL
+from dataset_assets.engine.blocklist import Blocklist, load_blocklist
 from dataset_assets.engine.options import FETCH_URL_COLUMN, DownloadOptions
 from dataset_assets.engine.politeness import worker_for
 from dataset_assets.engine.reader import InputShard
-from dataset_assets.engine.records import FAILED_TO_RESIZE, FetchTask, SampleResult
+from dataset_assets.engine.records import FAILED_TO_DOWNLOAD, FAILED_TO_RESIZE, FetchTask, SampleResult
 from dataset_assets.engine.resume import previous_successes
 from dataset_assets.engine.shards.layout import shard_name, stats_name
 from dataset_assets.engine.shards.writer import ShardWriter
@@ -102,13 +104,24 @@ class DownloadPool:
     Why the pool survives a worker's death: one hostile image that crashes a codec (or the OOM
     killer) must cost the rows that worker held, not the run. The rows it held are recorded
     ``failed_to_resize`` with "worker crashed", and a fresh set of workers goes on with the rest.
+
+    The ``url_blocklist`` is loaded here, once, in the parent (never shipped to the workers):
+    rows it names are recorded as refused and never routed to a worker.
     """
 
-    def __init__(self, options: DownloadOptions, output_folder: str | OutputFolder) -> None:
+    def __init__(
+        self,
+        options: DownloadOptions,
+        output_folder: str | OutputFolder,
+        blocklist: Blocklist | None = None,
+    ) -> None:
         self.options = options
         self.output = (
             output_folder if isinstance(output_folder, OutputFolder) else OutputFolder(output_folder)
         )
+        if blocklist is None and options.url_blocklist:
+            blocklist = load_blocklist(options.url_blocklist, self.output.storage_options)
+        self.blocklist = blocklist
         self._ctx = multiprocessing.get_context("spawn")
         self._tasks: list[Any] = []
         self._bodies: Any = None
@@ -248,6 +261,7 @@ class DownloadPool:
 
         router = _HostRouter(self._tasks, stop)
         checked_at = time.monotonic()
+        refused_rows = [0]  # recorded by the feeder (url_blocklist), for on_progress
         rows_since_start = 0
         futile_restarts = 0
 
@@ -288,9 +302,21 @@ class DownloadPool:
                     for result in kept.values():
                         writer.add(result)
                     writer.stats.kept_from_previous_run = len(kept)
+                    refused = _refused(shard, self.blocklist, skip=kept.keys()) if self.blocklist else {}
+                    for index, message in refused.items():
+                        writer.add(
+                            SampleResult(
+                                shard.shard_id,
+                                index,
+                                FAILED_TO_DOWNLOAD,
+                                error_message=message,
+                                opt_out=BLOCKLIST_SIGNAL,
+                            )
+                        )
                     with lock:
                         writers[shard.shard_id] = writer
-                    router.route(_tasks(shard, self.options, skip=kept.keys()))
+                        refused_rows[0] += len(refused)
+                    router.route(_tasks(shard, self.options, skip=kept.keys() | refused.keys()))
                 router.finish()
             except BaseException as error:
                 feeder_error.append(error)
@@ -322,8 +348,9 @@ class DownloadPool:
                 with lock:
                     for result in batch:
                         writers[result.shard_id].add(result)
+                    recorded = len(batch) + refused_rows[0]
+                    refused_rows[0] = 0
                 rows_since_start += len(batch)
-                recorded = len(batch)
                 if not batch or time.monotonic() - checked_at >= WORKER_CHECK_S:
                     checked_at = time.monotonic()
                     dead = self._dead_workers()
@@ -341,6 +368,24 @@ class DownloadPool:
         finally:
             stop.set()
             feeder.join(JOIN_TIMEOUT_S)
+
+
+def _refused(shard: InputShard, blocklist: Blocklist, skip: Collection[int] = ()) -> dict[int, str]:
+    """Rows of ``shard`` the url_blocklist names: row index -> the message it records."""
+    table = shard.table
+    given = table.column("url").to_pylist()
+    normal = (
+        table.column(FETCH_URL_COLUMN).to_pylist()
+        if FETCH_URL_COLUMN in table.column_names
+        else [None] * len(given)
+    )
+    refused = {}
+    for i, (url, fetch_url) in enumerate(zip(given, normal, strict=True)):
+        if i not in skip:
+            message = blocklist.refusal(url, fetch_url)
+            if message is not None:
+                refused[i] = message
+    return refused
 
 
 def _tasks(shard: InputShard, options: DownloadOptions, skip: Collection[int] = ()) -> Iterator[FetchTask]:

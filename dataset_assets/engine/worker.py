@@ -35,6 +35,7 @@ from dataset_assets.engine.records import (
     FetchTask,
     SampleResult,
 )
+from dataset_assets.engine.xmp import datamining_refusal
 
 RESULT_BATCH = 32
 RESULT_FLUSH_S = 0.05
@@ -167,6 +168,12 @@ class ImageStage:
         task, data = job.task, job.data
         result = SampleResult(task.shard_id, task.index, FAILED_TO_DOWNLOAD, bytes_downloaded=len(data))
         options = self._options
+        if options.respect_xmp_datamining:
+            refusal = datamining_refusal(data)
+            if refusal is not None:
+                result.error_message = f"disallowed by IPTC plus:DataMining ({refusal}) in the image's XMP"
+                result.opt_out = "xmp-datamining"
+                return result
         digest = hashlib.new(options.compute_hash, data).hexdigest() if options.compute_hash else None
         if task.expected_hash is not None and digest != task.expected_hash:
             result.error_message = "hash mismatch"

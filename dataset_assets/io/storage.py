@@ -118,6 +118,31 @@ def read_parquet(url: str, storage_options: StorageOptions | None = None, **kwar
         return pq.read_table(handle, **kwargs)
 
 
+def text_files(url: str, storage_options: StorageOptions | None = None) -> list[str]:
+    """The files a "file or folder of files" setting names, as full URLs, in sorted order.
+
+    A folder's hidden (``.``) and bookkeeping (``_``) files are left out. Raises
+    FileNotFoundError naming ``url`` when there is nothing there.
+    """
+    fs, path = filesystem(url, storage_options)
+    if fs.isdir(path):
+        found = sorted(
+            p for p in fs.find(path) if not posixpath.basename(p).startswith((".", "_")) and fs.isfile(p)
+        )
+        return [full_url(fs, p) for p in found]
+    if not fs.isfile(path):
+        raise FileNotFoundError(url)
+    return [url]
+
+
+def iter_text_lines(url: str, storage_options: StorageOptions | None = None) -> Iterator[str]:
+    """The lines of one local or remote UTF-8 text file, without their line ends, streamed."""
+    fs, path = filesystem(url, storage_options)
+    with fs.open(path, "rt", encoding="utf-8", errors="strict", newline=None) as handle:
+        for line in handle:
+            yield line.rstrip("\r\n")
+
+
 @contextlib.contextmanager
 def staged_file(output_path: str, storage_options: StorageOptions | None = None) -> Iterator[str]:
     """A local file to write, published at ``output_path`` only if the block completes.

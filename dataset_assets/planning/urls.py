@@ -17,8 +17,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
+from dataset_assets.engine.blocklist import Blocklist, load_blocklist
 from dataset_assets.engine.options import FETCH_URL_COLUMN, DownloadOptions
+from dataset_assets.engine.url_form import (
+    HOST_IN_AUTHORITY_PATTERN,
+    HOSTPORT_PATTERN,
+    URL_PATTERN,
+    URL_WHITESPACE,
+)
 from dataset_assets.io.sources import (
     InputError,
     connect,
@@ -34,18 +42,11 @@ from dataset_assets.io.sources import (
 from dataset_assets.io.storage import StorageOptions, staged_file
 from dataset_assets.schema.option import check, option, shared
 
-_WHITESPACE = " \t\n\r\x0b\x0c"
-# scheme :// [userinfo@] host[:port] path?query [#fragment]
-_URL_PATTERN = r"^([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#@]*@)?([^/?#]*)([^#]*)"
-# A usable authority: an IPv6 literal or a host without spaces, controls or URL delimiters,
-# then an optional numeric port. Non-ASCII (IDN) hosts are allowed as they are.
-_HOSTPORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\x00-\x20\x7f/?#@:\[\]<>\"\\^`{|}%]+)(:[0-9]{0,5})?$"
 # URLs that are already in normal form (the vast majority): lower-case http(s) scheme and host,
 # a path, nothing to encode, no fragment, no surrounding whitespace. Checking this is ~10x
 # cheaper than parsing, so only the rest goes through the full normalisation.
+# (The other URL patterns are shared with the engine's Python normaliser, engine/url_form.py.)
 _NORMAL_PATTERN = r"^https?://[a-z0-9.\-]+(:[0-9]{1,5})?/[\x21-\x22\x24-\x7e]*"
-# The host inside the authority ("user@host:port") of a normalised URL.
-_HOST_IN_AUTHORITY_PATTERN = r"^(?:[^@]*@)?(\[[^\]]*\]|[^:]*)"
 
 _DUCKDB_MEMORY_LIMIT = "2GB"
 _INTEGER_TYPES = frozenset(
@@ -84,6 +85,7 @@ class FilterSettings:
         (), "Keep only these domains (suffix match: example.com keeps img.example.com)."
     )
     denied_domains: tuple[str, ...] = option((), "Drop these domains (suffix match).")
+    url_blocklist: str | None = shared(DownloadOptions, "url_blocklist")
     shuffle_seed: int | None = option(
         None, "Shuffle rows deterministically, spreading each host's URLs over the shards."
     )
@@ -135,9 +137,9 @@ def _encode_sql(text: str) -> str:
 def _normalize_sql(expr: str, *, http_only: bool) -> str:
     # The URL is parsed once into a struct and bound to a lambda parameter, so the (costly)
     # regular expression is not repeated for each part.
-    trimmed = f"trim(CAST(({expr}) AS VARCHAR), {sql_string(_WHITESPACE)})"
+    trimmed = f"trim(CAST(({expr}) AS VARCHAR), {sql_string(URL_WHITESPACE)})"
     parts = (
-        f"regexp_extract({trimmed}, {sql_string(_URL_PATTERN)}, ['scheme', 'userinfo', 'hostport', 'rest'])"
+        f"regexp_extract({trimmed}, {sql_string(URL_PATTERN)}, ['scheme', 'userinfo', 'hostport', 'rest'])"
     )
     encoded = _encode_sql("__nu_p.rest")
     empty_path = "__nu_p.rest = '' OR starts_with(__nu_p.rest, '?')"
@@ -146,7 +148,7 @@ def _normalize_sql(expr: str, *, http_only: bool) -> str:
     if http_only:
         condition = (
             "lower(__nu_p.scheme) IN ('http', 'https') "
-            f"AND regexp_matches(__nu_p.hostport, {sql_string(_HOSTPORT_PATTERN)})"
+            f"AND regexp_matches(__nu_p.hostport, {sql_string(HOSTPORT_PATTERN)})"
         )
     body = (
         f"CASE WHEN {condition} THEN lower(__nu_p.scheme) || '://' || __nu_p.userinfo "
@@ -179,7 +181,7 @@ def _authority_sql(normalized_url: str) -> str:
 
 
 def _host_in_authority_sql(authority: str) -> str:
-    return f"regexp_extract({authority}, {sql_string(_HOST_IN_AUTHORITY_PATTERN)}, 1)"
+    return f"regexp_extract({authority}, {sql_string(HOST_IN_AUTHORITY_PATTERN)}, 1)"
 
 
 def host_sql(normalized_url: str) -> str:
@@ -238,6 +240,54 @@ def _common_types(
     return common
 
 
+def _blocklist_condition(
+    con: duckdb.DuckDBPyConnection, base: str, blocklist: Blocklist, entries: str, hosts: str
+) -> str:
+    """The SQL condition that removes the rows the url_blocklist names (engine/blocklist.py).
+
+    The entries go into one table (a hash join per kind, whatever the list's size): URLs are
+    compared in normal form (``fetch_url``), digests with the sha256 of the URL as given and of
+    its normal form; domains are matched once per distinct host of the input (each host and its
+    parent domains against the list), so the per-row test is one look-up in those hosts.
+    """
+    fetch = FETCH_URL_COLUMN
+    view = f"{entries}_arrow"
+    kinds = ["url"] * len(blocklist.urls) + ["sha256"] * len(blocklist.digests)
+    kinds += ["domain"] * len(blocklist.domains)
+    values = [*blocklist.urls, *blocklist.digests, *blocklist.domains]
+    table = pa.table({"kind": pa.array(kinds, pa.string()), "value": pa.array(values, pa.string())})
+    con.register(view, table)
+    try:
+        con.execute(f"CREATE TEMP TABLE {entries} AS SELECT kind, value FROM {view}")
+    finally:
+        con.unregister(view)
+
+    def listed(kind: str) -> str:
+        return f"(SELECT value FROM {entries} WHERE kind = {sql_string(kind)})"
+
+    parts = []
+    if blocklist.urls:
+        parts.append(f"{fetch} IN {listed('url')}")
+    if blocklist.digests:
+        parts.append(f"sha256(url) IN {listed('sha256')} OR sha256({fetch}) IN {listed('sha256')}")
+    if blocklist.domains:
+        host = f"rtrim({host_sql(fetch)}, '.')"
+        labels = "string_split(__bl_host, '.')"
+        suffixes = (
+            f"CASE WHEN regexp_full_match(__bl_host, '[0-9.]+|\\[.*\\]') THEN [__bl_host] ELSE "
+            f"list_transform(range(1, len({labels}) + 1), "
+            f"lambda __bl_i: array_to_string({labels}[__bl_i:], '.')) END"
+        )
+        con.execute(
+            f"CREATE TEMP TABLE {hosts} AS SELECT DISTINCT h.__bl_host AS host FROM "
+            f"(SELECT __bl_host, unnest({suffixes}) AS __bl_suffix FROM "
+            f"(SELECT DISTINCT {host} AS __bl_host FROM {base} WHERE {fetch} IS NOT NULL)) h "
+            f"SEMI JOIN {listed('domain')} d ON h.__bl_suffix = d.value"
+        )
+        parts.append(f"{host} IN (SELECT host FROM {hosts})")
+    return " OR ".join(f"({part})" for part in parts)
+
+
 def _missing_message(what: str, name: str, path: str, columns: list[str]) -> str:
     return f"{what} {name!r} not found in {path}; columns found: {', '.join(columns) or '(none)'}"
 
@@ -266,6 +316,8 @@ def filter_urls(
     one object, which appears whole or not at all.
     """
     files = list_input_files(url_list, input_format, storage_options)
+    # Read first: a missing or malformed list stops the plan before any input is scanned.
+    blocklist = load_blocklist(settings.url_blocklist, storage_options) if settings.url_blocklist else None
     own = con is None
     tmp_dir = tempfile.TemporaryDirectory(prefix="plan-duckdb-") if own else None
     if con is None:
@@ -279,10 +331,21 @@ def filter_urls(
         con.execute(f"SET temp_directory = {sql_string(tmp_dir.name)}")
     suffix = uuid.uuid4().hex[:12]
     base, verdict = f"__plan_base_{suffix}", f"__plan_verdict_{suffix}"
+    entries, hosts = f"__plan_blocklist_{suffix}", f"__plan_blocked_hosts_{suffix}"
     try:
-        return _filter(con, files, input_format, output_path, settings, base, verdict, storage_options)
+        return _filter(
+            con,
+            files,
+            input_format,
+            output_path,
+            settings,
+            base,
+            verdict,
+            storage_options,
+            blocklist=(blocklist, entries, hosts) if blocklist is not None else None,
+        )
     finally:
-        for table in (base, verdict):
+        for table in (base, verdict, entries, hosts):
             with contextlib.suppress(duckdb.Error):
                 con.execute(f"DROP TABLE IF EXISTS {table}")
         if own:
@@ -300,6 +363,7 @@ def _filter(
     base: str,
     verdict: str,
     storage_options: StorageOptions | None = None,
+    blocklist: tuple[Blocklist, str, str] | None = None,
 ) -> FilterReport:
     # 0-byte files hold no rows (DuckDB would invent a column for them or call them corrupt).
     files = [f for f in all_files if not is_empty_file(f, storage_options)]
@@ -430,6 +494,11 @@ def _filter(
             rules.append((rule, f"{removes}({authority}, {sql_string(pattern)})"))
         else:
             skipped[rule] = "no usable domain given"
+    if blocklist is not None:
+        if len(blocklist[0]):
+            rules.append(("url_blocklist", _blocklist_condition(con, base, *blocklist)))
+        else:
+            skipped["url_blocklist"] = f"{s.url_blocklist} holds no entries"
 
     # The first occurrence (in input order) of each valid normalised URL survives de-duplication;
     # the filters are evaluated once, on those rows only, and each row gets the number of the

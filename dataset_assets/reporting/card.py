@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import yaml
 
+from dataset_assets.engine.consent import SIGNALS
 from dataset_assets.engine.fetch import user_agent
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.shards.formats import ShardReadError
@@ -32,6 +33,20 @@ THUMB = 96
 GRID_COLUMNS = 8
 GRID_ROWS = 4
 SIZE_BUCKETS = (0, 128, 256, 512, 1024, 2048, 4096)
+# The option that turns each signal's check on (a true value = checked). An option this
+# version does not declare counts as on: each is on by default where it exists.
+SIGNAL_OPTIONS = {
+    "robots.txt": "respect_robots_txt",
+    "content-signal": "respect_content_signal",
+    "content-usage": "respect_content_usage",
+    "tdmrep": "respect_tdmrep",
+    "ai.txt": "respect_ai_txt",
+    "x-robots-tag": "disallowed_header_directives",
+    "xmp-datamining": "respect_xmp_datamining",
+    "blocklist": "url_blocklist",
+}
+# The planner's rule that removes a signal's rows before sharding (counted in its report).
+PLANNER_RULES = {"blocklist": "url_blocklist"}
 
 
 @dataclass
@@ -119,7 +134,7 @@ def _render(
     has_grid: bool,
 ) -> str:
     options = inputs.options
-    opted_out = sum(opt_outs.values())  # counted by signal as refused; outages are not opt-outs
+    consent, opted_out = _consent(inputs, opt_outs)
     lines = [
         f"# {inert(inputs.title)}",
         "",
@@ -157,10 +172,11 @@ def _render(
         "",
         f"- User agent: `{user_agent(options.user_agent_token)}`",
         f"- X-Robots-Tag directives honoured: {', '.join(options.disallowed_header_directives) or 'none'}",
-        f"- Rows not stored because the site opted out: {opted_out}",
+        f"- Rows not stored because the owner opted out: {opted_out} (see Consent)",
         f"- At most {options.max_connections_per_host} connections per host per worker process;"
         f" total deadline {options.timeout:g}s per request",
         "",
+        *consent,
         "## Licence",
         "",
         "The images remain the property of their owners; this dataset stores URLs, captions and",
@@ -175,6 +191,42 @@ def _render(
         failed = [n for n, c in inputs.verification.get("checks", {}).items() if not c["passed"]]
         lines += ["## Verification", "", f"Checks failed: {', '.join(failed) or 'none'}", ""]
     return "\n".join(lines)
+
+
+def _consent(inputs: CardInputs, opt_outs: Counter[str]) -> tuple[list[str], int]:
+    """The Consent section (each signal: checked or not, rows refused) and the total refused.
+
+    Rows a signal refused at download time come from the shards' ``opt_outs``; rows the planner
+    removed for it before sharding (the url_blocklist) from the filter report. Outages (an
+    unreachable robots.txt) are failures, never opt-outs, and are not counted here.
+    """
+    options = inputs.options
+    removed = (inputs.filter_report or {}).get("removed", {})
+    lines = [
+        "## Consent",
+        "",
+        "Machine-readable opt-outs this build checked, and the rows each one refused.",
+        "",
+        "| signal | where it is read | checked | rows refused |",
+        "|---|---|---|---|",
+    ]
+    total = 0
+    for signal, where in SIGNALS.items():
+        name = SIGNAL_OPTIONS.get(signal)
+        checked = bool(getattr(options, name, True)) if name else True
+        refused = int(opt_outs.get(signal, 0))
+        before = int(removed.get(PLANNER_RULES.get(signal, ""), 0))
+        total += refused + before
+        count = f"{refused + before} ({before} removed before download)" if before else str(refused)
+        lines.append(f"| {signal} | {where} | {'yes' if checked else 'no'} | {count} |")
+    others = {k: v for k, v in opt_outs.items() if k not in SIGNALS}
+    for signal, refused in sorted(others.items()):  # a signal of a newer engine than this card
+        total += int(refused)
+        lines.append(f"| {inert(signal)} | | yes | {int(refused)} |")
+    lines += [f"| **total** | | | **{total}** |", ""]
+    if getattr(options, "url_blocklist", None):
+        lines += [f"- url_blocklist: {inert(options.url_blocklist)}", ""]
+    return lines, total
 
 
 def _histogram(values: list[int]) -> list[str]:

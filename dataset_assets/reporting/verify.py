@@ -48,6 +48,8 @@ class VerificationReport:
     successes: int = 0
     samples_decoded: int = 0
     status_counts: dict[str, int] = field(default_factory=dict)
+    # Rows refused by each opt-out signal, summed over the shards' stats (the consent ledger).
+    opt_outs: dict[str, int] = field(default_factory=dict)
     checks: dict[str, CheckOutcome] = field(default_factory=dict)
 
     @property
@@ -93,6 +95,8 @@ def verify_dataset(
             continue
         report.shards_complete += 1
         stats = output.read_json(stats_name(shard))
+        for signal, refused in stats.get("opt_outs", {}).items():
+            report.opt_outs[signal] = report.opt_outs.get(signal, 0) + int(refused)
         for final, expected in stats.get("checksums", {}).items():
             if not output.exists(final):
                 checks["checksums_match"].add(f"{final} is missing")

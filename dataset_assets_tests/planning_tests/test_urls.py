@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 from pathlib import Path
 
@@ -230,6 +231,54 @@ def test_missing_required_column_and_empty_input(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="contains no rows"):
         filter_urls(str(empty), "csv", str(tmp_path / "f.parquet"), FilterSettings())
     assert not (tmp_path / "f.parquet").exists()
+
+
+def test_url_blocklist_removes_listed_rows_and_counts_them(tmp_path: Path) -> None:
+    given = " http://D.com/given.jpg"  # a digest of the text as given, spaces and case included
+    urls = [
+        "http://keep.com/1.jpg",
+        "http://A.com/listed.jpg#frag",  # the URL line, spelled otherwise
+        given,
+        "http://e.com/normal%20form.jpg",  # the digest of the normal form
+        "http://cdn.img.blocked.org:8080/x.jpg",  # a subdomain of a listed domain
+        "http://blocked.org./y.jpg",  # the listed domain (trailing dot)
+        "http://notblocked.org/z.jpg",  # only a suffix of the text, not a parent domain
+        "http://blocked.org.evil.com/w.jpg",
+        "http://127.0.0.2/v.jpg",  # an IP matches only itself
+    ]
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"url": urls}), path)
+    listing = tmp_path / "removals"
+    listing.mkdir()
+    filler = "\n".join(f"http://filler{i}.com/{i}.jpg" for i in range(50_000))
+    (listing / "a.txt").write_text(f"# a removal list\nhttp://a.com/listed.jpg\n{filler}\n")
+    (listing / "b.txt").write_text(
+        f"{hashlib.sha256(given.encode()).hexdigest()}\n"
+        f"{hashlib.sha256(b'http://e.com/normal%20form.jpg').hexdigest()}\n"
+        "Blocked.ORG\n0.0.2\n"
+    )
+    out = tmp_path / "f.parquet"
+    report = filter_urls(str(path), "parquet", str(out), FilterSettings(url_blocklist=str(listing)))
+    assert report.removed == {"invalid_url": 0, "duplicate": 0, "url_blocklist": 5}
+    assert pq.read_table(out).column("url").to_pylist() == [
+        "http://keep.com/1.jpg",
+        "http://notblocked.org/z.jpg",
+        "http://blocked.org.evil.com/w.jpg",
+        "http://127.0.0.2/v.jpg",
+    ]
+
+
+def test_url_blocklist_missing_or_empty(tmp_path: Path) -> None:
+    path = tmp_path / "urls.txt"
+    path.write_text("http://a.com/1\n")
+    missing = tmp_path / "gone.txt"
+    with pytest.raises(InputError, match=f"^url_blocklist {missing} not found$"):
+        filter_urls(str(path), "txt", str(tmp_path / "f.parquet"), FilterSettings(url_blocklist=str(missing)))
+    assert not (tmp_path / "f.parquet").exists()
+    (tmp_path / "empty.txt").write_text("# nothing yet\n")
+    settings = FilterSettings(url_blocklist=str(tmp_path / "empty.txt"))
+    report = filter_urls(str(path), "txt", str(tmp_path / "f.parquet"), settings)
+    assert report.rows_out == 1 and "url_blocklist" in report.skipped_rules
 
 
 def test_shuffle_is_deterministic(tmp_path: Path) -> None:
