@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataset_assets.engine.blocklist import load_blocklist
+from dataset_assets.engine.consent.blocklist import load_blocklist
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.reader import count_rows, iter_input_shards
 from dataset_assets.engine.runner import DownloadPool, already_done, read_shard_stats

@@ -25,8 +25,7 @@ from yarl import URL
 
 from dataset_assets import __version__
 from dataset_assets.engine.addresses import AddressRefused, SafeResolver, check_host
-from dataset_assets.engine.options import DownloadOptions
-from dataset_assets.engine.origin_policy import (
+from dataset_assets.engine.consent.origin_policy import (
     PolicyFile,
     Unavailable,
     Verdict,
@@ -36,8 +35,9 @@ from dataset_assets.engine.origin_policy import (
     no_policy,
     parse_policy,
 )
+from dataset_assets.engine.consent.robots import MAX_ROBOTS_BYTES
+from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.politeness import HostPoliteness, HostRefused, host_key
-from dataset_assets.engine.robots import MAX_ROBOTS_BYTES
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Status codes worth retrying: the same request may succeed later. 404/403/410 never do.

@@ -27,8 +27,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from dataset_assets.engine.blocklist import SIGNAL as BLOCKLIST_SIGNAL
-from dataset_assets.engine.blocklist import Blocklist, load_blocklist
+from dataset_assets.engine.consent.blocklist import SIGNAL as BLOCKLIST_SIGNAL
+from dataset_assets.engine.consent.blocklist import Blocklist, load_blocklist
 from dataset_assets.engine.options import FETCH_URL_COLUMN, DownloadOptions
 from dataset_assets.engine.politeness import worker_for
 from dataset_assets.engine.reader import InputShard

@@ -25,6 +25,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from dataset_assets.engine.consent.xmp import datamining_refusal
 from dataset_assets.engine.fetch import Fetcher, FetchError, RequestWindow, looks_like_image
 from dataset_assets.engine.image import ImageProcessor, ImageRejected
 from dataset_assets.engine.options import DownloadOptions
@@ -35,7 +36,6 @@ from dataset_assets.engine.records import (
     FetchTask,
     SampleResult,
 )
-from dataset_assets.engine.xmp import datamining_refusal
 
 RESULT_BATCH = 32
 RESULT_FLUSH_S = 0.05

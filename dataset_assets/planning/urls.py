@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from dataset_assets.engine.blocklist import Blocklist, load_blocklist
+from dataset_assets.engine.consent.blocklist import Blocklist, load_blocklist
 from dataset_assets.engine.options import FETCH_URL_COLUMN, DownloadOptions
 from dataset_assets.engine.url_form import (
     HOST_IN_AUTHORITY_PATTERN,
@@ -243,7 +243,7 @@ def _common_types(
 def _blocklist_condition(
     con: duckdb.DuckDBPyConnection, base: str, blocklist: Blocklist, entries: str, hosts: str
 ) -> str:
-    """The SQL condition that removes the rows the url_blocklist names (engine/blocklist.py).
+    """The SQL condition that removes the rows the url_blocklist names (engine/consent/blocklist.py).
 
     The entries go into one table (a hash join per kind, whatever the list's size): URLs are
     compared in normal form (``fetch_url``), digests with the sha256 of the URL as given and of

@@ -9,7 +9,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from dataset_assets.engine.blocklist import BlocklistError, load_blocklist
+from dataset_assets.engine.consent.blocklist import BlocklistError, load_blocklist
 from dataset_assets.engine.runner import download_shard
 from dataset_assets.engine.shards.layout import compute_key
 from dataset_assets.engine.url_form import normalize_url

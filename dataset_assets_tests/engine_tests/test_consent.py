@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import pyarrow.parquet as pq
 import pytest
 
-from dataset_assets.engine.robots import parse_robots
+from dataset_assets.engine.consent.robots import parse_robots
+from dataset_assets.engine.consent.tdmrep import parse_tdmrep
+from dataset_assets.engine.consent.usage_prefs import content_signal_refusal, content_usage_refusal
 from dataset_assets.engine.runner import download_shard
-from dataset_assets.engine.tdmrep import parse_tdmrep
-from dataset_assets.engine.usage_prefs import content_signal_refusal, content_usage_refusal
 from dataset_assets_tests.conftest import local_options, rows
 from dataset_assets_tests.fakeweb.images import make_image
 from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from dataset_assets.engine.robots import parse_robots
+from dataset_assets.engine.consent.robots import parse_robots
 from dataset_assets.engine.runner import download_shard
 from dataset_assets_tests.conftest import NO_POLICY_FILES, local_options, rows
 from dataset_assets_tests.fakeweb.images import make_image

@@ -8,9 +8,9 @@ import zlib
 import pyarrow.parquet as pq
 import pytest
 
+from dataset_assets.engine.consent.xmp import datamining_refusal, xmp_packets
 from dataset_assets.engine.runner import download_shard
 from dataset_assets.engine.shards.layout import compute_key
-from dataset_assets.engine.xmp import datamining_refusal, xmp_packets
 from dataset_assets_tests.conftest import local_options, rows
 from dataset_assets_tests.fakeweb.images import make_image
 from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig

@@ -16,9 +16,9 @@ from typing import Protocol
 
 from multidict import CIMultiDictProxy
 
-from dataset_assets.engine.robots import RobotsRules, parse_robots
-from dataset_assets.engine.tdmrep import TDMREP_PATH, TdmRules, header_reserves, parse_tdmrep
-from dataset_assets.engine.usage_prefs import content_signal_refusal, content_usage_refusal
+from dataset_assets.engine.consent.robots import RobotsRules, parse_robots
+from dataset_assets.engine.consent.tdmrep import TDMREP_PATH, TdmRules, header_reserves, parse_tdmrep
+from dataset_assets.engine.consent.usage_prefs import content_signal_refusal, content_usage_refusal
 
 ROBOTS_PATH = "/robots.txt"
 AI_TXT_PATH = "/ai.txt"

@@ -19,7 +19,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from dataset_assets.engine.robots import compile_pattern
+from dataset_assets.engine.consent.robots import compile_pattern
 
 TDMREP_PATH = "/.well-known/tdmrep.json"
 
