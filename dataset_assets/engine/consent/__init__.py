@@ -3,8 +3,8 @@
 Modules: ``robots`` (robots.txt and ai.txt groups, RFC 9309 matching), ``usage_prefs``
 (Content-Signal and IETF aipref Content-Usage), ``tdmrep`` (W3C TDMRep), ``origin_policy`` (an
 origin's files and headers together: fine, refused, or unavailable), ``xmp`` (IPTC/PLUS
-DataMining in the image's own bytes), ``blocklist`` (the run's removal list). No I/O here: the
-fetcher fetches, these decide.
+DataMining in the image's own bytes), ``blocklist`` (the run's removal list, read through ``io``). No
+network here: the fetcher fetches, these decide.
 
 Why one table: every refused row carries the signal that refused it (``SampleResult.opt_out``),
 each shard's stats count them by these keys (``opt_outs``), and the UI, the card and README list
