@@ -136,10 +136,11 @@ def _png_packets(data: bytes) -> Iterator[bytes]:
     pos = len(_PNG_SIGNATURE)
     while pos + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
-        body = data[pos + 8 : pos + 8 + length]
         if kind == b"IEND":
             return
-        if kind == b"iTXt" and body.startswith(_PNG_XMP_KEYWORD + b"\x00"):
+        # Only iTXt chunks are read (copied); the image data chunks are skipped over.
+        if kind == b"iTXt" and data.startswith(_PNG_XMP_KEYWORD + b"\x00", pos + 8):
+            body = data[pos + 8 : pos + 8 + length]
             packet = _itxt_text(body[len(_PNG_XMP_KEYWORD) + 1 :])
             if packet is not None:
                 yield packet
