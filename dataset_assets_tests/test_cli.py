@@ -87,7 +87,10 @@ def test_img2dataset_command_line_gives_img2dataset_layout(image_server: ImageSe
         "00001.parquet",
         "00001.tar",
         "00001_stats.json",
-    ]  # and no empty _tmp folder left behind
+        "__len__",
+        "_reports",
+    ]  # and no empty _tmp folder left behind; no other *.json for img2dataset's scan to meet
+    assert (out / "__len__").read_text() == "4\n"  # open_clip's total: the samples the tars hold
     table = pq.read_table(out / "00001.parquet")
     assert table.column_names == [
         "source",

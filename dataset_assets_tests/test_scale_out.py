@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import csv
 import hashlib
+import json
 import os
 import pickle
 import signal
@@ -284,7 +285,9 @@ def test_asset_graph_on_s3(s3_server: S3Server, tmp_path: Path) -> None:
     with ImageServer(images=images, config=ServerConfig(max_lifetime_s=300)) as server:
         _write_urls(tmp_path / "urls.csv", [server.url(name) for name in sorted(images)])
         s3_server.client().upload_file(str(tmp_path / "urls.csv"), bucket, "in/urls.csv")
-        spec = spec_from_mapping(_spec_values(f"s3://{bucket}/in/urls.csv", f"s3://{bucket}/ds"))
+        spec = spec_from_mapping(
+            _spec_values(f"s3://{bucket}/in/urls.csv", f"s3://{bucket}/ds", sizes_json=True)
+        )
         defs = build_defs(spec, _s3_resource(s3_server))
         with dg.instance_for_test() as instance:
             outcome = build_dataset(defs, instance)
@@ -299,6 +302,14 @@ def test_asset_graph_on_s3(s3_server: S3Server, tmp_path: Path) -> None:
         assert {f"ds/{shard}.tar", f"ds/{shard}.parquet", f"ds/{shard}_stats.json"} <= set(keys)
     assert "ds/DATASET_CARD.md" in keys and "ds/_plan/shards/_manifest.json" in keys
     assert not [k for k in keys if k.startswith("ds/_tmp/")]
+    # The trainers' counts and the reports, as objects; the root's other json are shard stats.
+    body = s3_server.client().get_object
+    sizes = json.loads(body(Bucket=bucket, Key="ds/sizes.json")["Body"].read())
+    assert sizes == {"00000.tar": ROWS_PER_SHARD, "00001.tar": ROWS_PER_SHARD}
+    assert body(Bucket=bucket, Key="ds/__len__")["Body"].read() == f"{2 * ROWS_PER_SHARD}\n".encode()
+    assert "ds/_reports/verification.json" in keys and "ds/verification.json" not in keys
+    root_json = [k[3:] for k in keys if k.count("/") == 1 and k.endswith(".json") and k != "ds/sizes.json"]
+    assert sorted(int(name.split("_")[0]) for name in root_json) == [0, 1]
 
 
 # --- Postgres, deploy/dagster.yaml and the daemon ----------------------------------------------

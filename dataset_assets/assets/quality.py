@@ -9,12 +9,14 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from dataset_assets.assets.shards import image_shards
+from dataset_assets.engine.shards.layout import VERIFICATION_REPORT
+from dataset_assets.engine.shards.sample_counts import publish_sample_counts
 from dataset_assets.io.storage import OutputFolder
 from dataset_assets.partitions import shards_partitions
 from dataset_assets.reporting.verify import VerificationReport, verify_dataset
 from dataset_assets.resources import DatasetResource, spec_storage_options
 
-REPORT_NAME = "verification.json"
+REPORT_NAME = VERIFICATION_REPORT  # under _reports/: the output root keeps only shard files
 
 
 @dg.asset(group_name="verify", deps=[image_shards], kinds={"python"})
@@ -33,7 +35,10 @@ def dataset_verification(
         success_rate_floor=spec.success_rate_floor,
         storage_options=storage_options,
     )
-    OutputFolder(spec.output_folder, storage_options).write_json_atomic(REPORT_NAME, report.to_json())
+    output = OutputFolder(spec.output_folder, storage_options)
+    output.write_json_atomic(REPORT_NAME, report.to_json())
+    # Runs ending together may each have missed the other's last shards: the roll-up settles it.
+    publish_sample_counts(output, spec.download_options())
     return dg.MaterializeResult(
         metadata={
             "shards_expected": report.shards_expected,

@@ -6,6 +6,7 @@ from dataset_assets.engine.consent.blocklist import load_blocklist
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.reader import count_rows, iter_input_shards
 from dataset_assets.engine.runner import DownloadPool, already_done, read_shard_stats
+from dataset_assets.engine.shards.sample_counts import publish_sample_counts
 from dataset_assets.engine.stats import ShardStats
 from dataset_assets.io.storage import OutputFolder
 
@@ -60,6 +61,7 @@ def download(
                 results.append(stats)
         # Shards skipped by the reader never reached the pool; report them too.
         results += [read_shard_stats(output, shard_id, options) for shard_id in already_complete]
+        publish_sample_counts(output, options)  # once per run, from the stats files
     finally:
         if bar is not None:
             bar.close()

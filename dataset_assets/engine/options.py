@@ -93,6 +93,12 @@ class DownloadOptions:
     compute_hash: str | None = option(
         "sha256", "Hash of the original bytes stored per sample; none = no hash.", choices=HASH_TYPES
     )
+    sizes_json: bool = option(
+        False,
+        "New: also write open_clip's sizes.json (container name -> samples) beside the shards "
+        "(__len__, the total, is always written); img2dataset's incremental mode cannot parse "
+        "its name, so leave off where img2dataset itself may resume the folder.",
+    )
 
     # --- resize / encode ---
     image_size: int = option(256, "Target side length in pixels.", gt=0, fixed=True)

@@ -35,6 +35,7 @@ from dataset_assets.engine.reader import InputShard
 from dataset_assets.engine.records import FAILED_TO_DOWNLOAD, FAILED_TO_RESIZE, FetchTask, SampleResult
 from dataset_assets.engine.resume import previous_successes
 from dataset_assets.engine.shards.layout import shard_name, stats_name
+from dataset_assets.engine.shards.sample_counts import publish_sample_counts
 from dataset_assets.engine.shards.writer import ShardWriter
 from dataset_assets.engine.stats import ShardStats
 from dataset_assets.engine.worker import BusySlot, worker_main
@@ -515,10 +516,13 @@ def download_shards(
 
     The API a multi-shard Dagster run calls: the pool starts once, and each shard's slowest
     requests overlap the next shard's first ones. ``shards`` is consumed lazily (a generator
-    may read each shard's input only when the pool gets to it).
+    may read each shard's input only when the pool gets to it). Once every shard is committed,
+    the trainers' sample counts (``__len__``, ``sizes.json``) are brought up to date.
     """
     with DownloadPool(options, output_folder) as pool:
         yield from pool.run(shards)
+        output = pool.output
+    publish_sample_counts(output, options)
 
 
 def download_shard(

@@ -253,8 +253,12 @@ class OutputFolder:
         return full_url(self.fs, self.path(*parts))
 
     def tmp_path(self, final_name: str) -> str:
-        """A unique temporary sibling name, so two writers of one shard never collide."""
-        return self.path(TMP_DIR, f"{uuid.uuid4().hex[:12]}.{final_name}")
+        """A unique temporary name, so two writers of one shard never collide.
+
+        Flat under ``_tmp/`` even for a final name in a subfolder (``_reports/x.json``), so the
+        temporary file never needs a folder of its own.
+        """
+        return self.path(TMP_DIR, f"{uuid.uuid4().hex[:12]}.{final_name.replace('/', '.')}")
 
     def open_tmp(self, final_name: str) -> tuple[str, IO[bytes]]:
         tmp = self.tmp_path(final_name)
@@ -284,6 +288,7 @@ class OutputFolder:
             return
         if self.fs.exists(final):
             self.fs.rm(final, recursive=True)
+        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)  # _reports/ on first use
         self.fs.mv(tmp, final, recursive=True)
 
     def write_bytes_atomic(self, final_name: str, data: bytes) -> None:

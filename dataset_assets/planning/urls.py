@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,7 +41,7 @@ from dataset_assets.io.sources import (
     sql_string,
 )
 from dataset_assets.io.storage import StorageOptions, staged_file
-from dataset_assets.schema.option import check, option, shared
+from dataset_assets.schema.option import OptionError, check, option, shared
 
 # URLs that are already in normal form (the vast majority): lower-case http(s) scheme and host,
 # a path, nothing to encode, no fragment, no surrounding whitespace. Checking this is ~10x
@@ -48,7 +49,7 @@ from dataset_assets.schema.option import check, option, shared
 # (The other URL patterns are shared with the engine's Python normaliser, engine/url_form.py.)
 _NORMAL_PATTERN = r"^https?://[a-z0-9.\-]+(:[0-9]{1,5})?/[\x21-\x22\x24-\x7e]*"
 
-_DUCKDB_MEMORY_LIMIT = "2GB"
+_MEMORY_SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
 _INTEGER_TYPES = frozenset(
     {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"}
 )
@@ -89,6 +90,16 @@ class FilterSettings:
     shuffle_seed: int | None = option(
         None, "Shuffle rows deterministically, spreading each host's URLs over the shards."
     )
+    # De-duplication and the shuffle hold every row's URL: at LAION scale (billions of rows) that
+    # is far more than memory, and DuckDB spills the rest to disk.
+    planner_memory_limit: str = option(
+        "2GB", "New: DuckDB's memory_limit while planning (e.g. 2GB, 48GiB); beyond it, DuckDB spills."
+    )
+    planner_temp_directory: str | None = option(
+        None,
+        "New: local folder DuckDB spills to while planning (a fresh subfolder, removed after); "
+        "none = the system's temporary folder. Give it room for about the input's size.",
+    )
 
     def __post_init__(self) -> None:
         # Config systems hand over lists (or None) where tuples are stored.
@@ -101,6 +112,32 @@ class FilterSettings:
             else:
                 setattr(self, name, tuple(value))
         check(self)
+        if not _MEMORY_SIZE.match(str(self.planner_memory_limit).strip()):
+            raise OptionError(
+                f"planner_memory_limit must be a size such as 2GB or 48GiB, not {self.planner_memory_limit!r}"
+            )
+
+
+@contextlib.contextmanager
+def planner_connection(
+    files: Sequence[str], settings: FilterSettings, storage_options: StorageOptions | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The planner's DuckDB connection: its memory limit and its own spill folder, removed after."""
+    parent = settings.planner_temp_directory
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="plan-duckdb-", dir=parent or None) as spill:
+        con = connect(
+            files,
+            threads=max(1, min(os.cpu_count() or 1, 8)),
+            memory_limit=settings.planner_memory_limit.strip(),
+            storage_options=storage_options,
+        )
+        try:
+            con.execute(f"SET temp_directory = {sql_string(spill)}")
+            yield con
+        finally:
+            con.close()
 
 
 @dataclass
@@ -318,17 +355,22 @@ def filter_urls(
     files = list_input_files(url_list, input_format, storage_options)
     # Read first: a missing or malformed list stops the plan before any input is scanned.
     blocklist = load_blocklist(settings.url_blocklist, storage_options) if settings.url_blocklist else None
-    own = con is None
-    tmp_dir = tempfile.TemporaryDirectory(prefix="plan-duckdb-") if own else None
-    if con is None:
-        con = connect(
-            files,
-            threads=max(1, min(os.cpu_count() or 1, 8)),
-            memory_limit=_DUCKDB_MEMORY_LIMIT,
-            storage_options=storage_options,
-        )
-        assert tmp_dir is not None
-        con.execute(f"SET temp_directory = {sql_string(tmp_dir.name)}")
+    with contextlib.ExitStack() as stack:
+        if con is None:
+            con = stack.enter_context(planner_connection(files, settings, storage_options))
+        return _filter_on(con, files, input_format, output_path, settings, storage_options, blocklist)
+
+
+def _filter_on(
+    con: duckdb.DuckDBPyConnection,
+    files: list[str],
+    input_format: str,
+    output_path: str,
+    settings: FilterSettings,
+    storage_options: StorageOptions | None,
+    blocklist: Blocklist | None,
+) -> FilterReport:
+    """:func:`filter_urls` on a given connection; its work tables are dropped after."""
     suffix = uuid.uuid4().hex[:12]
     base, verdict = f"__plan_base_{suffix}", f"__plan_verdict_{suffix}"
     entries, hosts = f"__plan_blocklist_{suffix}", f"__plan_blocked_hosts_{suffix}"
@@ -348,10 +390,6 @@ def filter_urls(
         for table in (base, verdict, entries, hosts):
             with contextlib.suppress(duckdb.Error):
                 con.execute(f"DROP TABLE IF EXISTS {table}")
-        if own:
-            con.close()
-            assert tmp_dir is not None
-            tmp_dir.cleanup()
 
 
 def _filter(

@@ -13,6 +13,8 @@ import pytest
 from dataset_assets.engine.runner import download_shard
 from dataset_assets.io.sources import InputError
 from dataset_assets.planning import FilterSettings, filter_urls, normalize_url_sql, write_shard_inputs
+from dataset_assets.planning.urls import planner_connection
+from dataset_assets.schema.option import OptionError
 from dataset_assets_tests.conftest import local_options
 from dataset_assets_tests.fakeweb.images import make_image
 from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
@@ -345,3 +347,24 @@ def test_planned_shard_stores_the_input_url_and_fetches_the_normalised_one(tmp_p
     table = pq.read_table(tmp_path / "out" / "00000.parquet")
     assert table.column("url").to_pylist() == [given]
     assert "fetch_url" not in table.column_names
+
+
+def test_planner_memory_limit_and_spill_folder_reach_duckdb(tmp_path: Path) -> None:
+    settings = FilterSettings(planner_memory_limit="1GB", planner_temp_directory=str(tmp_path / "spill"))
+    with planner_connection([], settings) as con:
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone() == ("953.6 MiB",)
+        (spill,) = con.execute("SELECT current_setting('temp_directory')").fetchone()
+        assert Path(spill).parent == tmp_path / "spill"  # a subfolder of its own: plans may overlap
+    assert list((tmp_path / "spill").iterdir()) == []  # removed after
+    # filter_urls plans through it: the folder is made, the plan written, nothing left behind.
+    path = _write_crafted(tmp_path / "input.parquet")
+    settings = FilterSettings(planner_memory_limit="256MiB", planner_temp_directory=str(tmp_path / "other"))
+    report = filter_urls(str(path), "parquet", str(tmp_path / "filtered.parquet"), settings)
+    assert report.rows_out == pq.read_metadata(tmp_path / "filtered.parquet").num_rows > 0
+    assert (tmp_path / "other").is_dir() and list((tmp_path / "other").iterdir()) == []
+
+
+@pytest.mark.parametrize("limit", ["lots", "2", "-1GB", ""])
+def test_planner_memory_limit_is_checked_up_front(limit: str) -> None:
+    with pytest.raises(OptionError, match="planner_memory_limit must be a size such as 2GB"):
+        FilterSettings(planner_memory_limit=limit)

@@ -14,6 +14,20 @@ import pyarrow as pa
 
 STATS_SUFFIX = "_stats.json"
 
+# Dataset-wide files. Only shard files (``NNNNN.tar``, ``NNNNN.parquet``, ``NNNNN_stats.json``)
+# sit in the root beside the trainers' files and the card: img2dataset's incremental mode reads
+# every ``*.json`` of the root as ``int(name.split("_")[0])``, and webdataset and open_clip glob
+# ``*.tar`` there. Reports therefore live in a folder neither glob enters.
+REPORTS_DIR = "_reports"
+VERIFICATION_REPORT = f"{REPORTS_DIR}/verification.json"
+# The cache behind the trainers' files: each stats file's listing token and sample count.
+SAMPLE_COUNTS_CACHE = f"{REPORTS_DIR}/sample_counts.json"
+# open_clip's get_dataset_size reads these next to the shards: ``__len__`` (an int literal, the
+# total) always, ``sizes.json`` (container basename -> samples) when the ``sizes_json`` option is
+# on, since img2dataset's ``*.json`` scan cannot parse its name.
+LEN_NAME = "__len__"
+SIZES_NAME = "sizes.json"
+
 
 def shard_name(shard_id: int, oom_shard_count: int) -> str:
     """``00042`` for shard 42 with ``oom_shard_count`` 5: the stem of every file of the shard."""
@@ -23,6 +37,12 @@ def shard_name(shard_id: int, oom_shard_count: int) -> str:
 def stats_name(shard: str) -> str:
     """The stats json, written last: its presence is what makes a shard complete."""
     return f"{shard}{STATS_SUFFIX}"
+
+
+def shard_of_stats(name: str) -> str | None:
+    """``00042`` for ``00042_stats.json``; None for any other file name."""
+    stem = name[: -len(STATS_SUFFIX)] if name.endswith(STATS_SUFFIX) else ""
+    return stem if stem.isdigit() else None
 
 
 def parquet_name(shard: str) -> str:
