@@ -56,7 +56,7 @@ class DatasetSettings:
     )
     success_rate_floor: float = option(
         0.5,
-        "dataset_verification's success_rate check fails below this.",
+        "Success rate below which dataset_verification's check and each shard's gate fail.",
         ge=0,
         le=1,
         also_used_by=("verification",),

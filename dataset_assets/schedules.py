@@ -1,8 +1,9 @@
 """Keep downloading missing or failed shards without anyone clicking.
 
-``image_shards`` also carries ``AutomationCondition.on_missing()`` (new partitions are
-requested once when the automation sensor runs); this schedule is the retry loop for shards
-whose run failed, which on_missing does not request again.
+``image_shards`` also carries ``AutomationCondition.on_missing()`` guarded by
+``~in_progress()`` (new partitions are requested once when the automation sensor runs, never
+while a run has them); this schedule is the retry loop for shards whose run failed (a failed
+gate included), which on_missing does not request again.
 """
 
 from collections.abc import Sequence

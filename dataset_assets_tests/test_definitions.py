@@ -21,14 +21,16 @@ import yaml
 from dataset_assets.definitions import build_defs
 from dataset_assets.demo.build import DOWNLOAD, INGEST, PUBLISH, build_dataset
 from dataset_assets.demo.prepare import write_url_list
-from dataset_assets.partitions import RANGE_END_TAG, RANGE_START_TAG, shards_partitions
+from dataset_assets.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags, shards_partitions
 from dataset_assets.schedules import missing_shard_keys, resume_missing_shards
 from dataset_assets.spec import SpecError, load_spec, spec_from_mapping
 from dataset_assets_tests.fakeweb.images import corpus_images
 from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
 IMAGES = 24
-SHARD_SIZE = 8  # 24 images + 9 warts - 5 filtered = 28 rows -> 4 shards
+# 24 images + 9 warts - 5 filtered = 28 rows -> 4 shards of 7. Not 8: the last shard would then
+# hold the 4 warts alone (0 images), which image_shards' success-rate gate rightly fails.
+SHARD_SIZE = 7
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +130,13 @@ def test_whole_graph_then_resume_and_idempotent_registration(server: ImageServer
             .records[0]
             .asset_materialization.metadata
         )
-        assert shard["count"].value == 4 and 0 <= shard["success_rate"].value <= 1
+        assert shard["count"].value == 7 and 0 <= shard["success_rate"].value <= 1
 
         # The four shards were one run (a backfill's range) sharing one worker pool, and each
         # partition still got its own metadata.
         records = instance.fetch_materializations(dg.AssetKey("image_shards"), limit=10).records
         assert len(records) == 4 and len({r.run_id for r in records}) == 1
-        assert sorted(r.asset_materialization.metadata["count"].value for r in records) == [4, 8, 8, 8]
+        assert sorted(r.asset_materialization.metadata["count"].value for r in records) == [7, 7, 7, 7]
         pools = {
             frozenset(
                 json.loads((tmp_path / "dataset" / f"0000{i}_stats.json").read_text())["rows_per_worker"]
@@ -250,9 +252,15 @@ def test_run_config_overrides_one_key_and_is_validated(server: ImageServer, tmp_
         job = _job(build_defs(spec))
         job.execute_in_process(instance=instance, asset_selection=INGEST)
         override = {"resources": {"dataset": {"config": {"min_image_size": 100_000}}}}
-        job.execute_in_process(
-            instance=instance, asset_selection=DOWNLOAD, partition_key="00000", run_config=override
+        refused = job.execute_in_process(
+            instance=instance,
+            asset_selection=DOWNLOAD,
+            partition_key="00000",
+            run_config=override,
+            raise_on_error=False,
         )
+        # 0 images stored: the shard fails its success-rate gate (its files stay, for reading).
+        assert not refused.success
         rows = pq.read_table(tmp_path / "dataset" / "00000.parquet").to_pylist()
         # the override reached the engine: nothing is big enough; every other key came from the file
         assert rows and not [r for r in rows if r["status"] == "success"]
@@ -291,3 +299,100 @@ def test_every_engine_option_is_a_spec_key() -> None:
 
     # one vocabulary: the spec's keys are the engine's names, incremental_mode included
     assert set(DownloadOptions.field_names()) <= set(DatasetSpec.model_fields)
+
+
+def test_shard_whose_host_was_down_fails_and_is_redone_as_failed(server: ImageServer, tmp_path: Path) -> None:
+    """0 % success (the host was down) is a failed partition, not a green one; once the host is
+    back, a run of the failed and missing partitions completes it."""
+    from dataset_assets.engine.runner import already_done
+    from dataset_assets.io.storage import OutputFolder
+    from dataset_assets_tests.scale_fixtures import free_port
+
+    names = sorted(corpus_images(IMAGES, seed=7))[:8]
+    down_port = free_port()  # nothing listens here until the "outage" ends
+    live = [server.url(n) for n in names[:4]]
+    down = [f"http://127.0.0.1:{down_port}/img/{n}" for n in names[4:]]
+    with (tmp_path / "two_hosts.csv").open("w") as handle:
+        handle.write("url,caption\n" + "".join(f"{u},image number {i}\n" for i, u in enumerate(live + down)))
+    values = {
+        **_spec_values(server, tmp_path),
+        "url_list": str(tmp_path / "two_hosts.csv"),
+        "number_sample_per_shard": 4,
+    }
+    values.pop("save_additional_columns")
+    spec = spec_from_mapping(values)
+    defs = build_defs(spec)
+    with dg.instance_for_test() as instance:
+        _job(defs).execute_in_process(instance=instance, asset_selection=INGEST)
+        keys = instance.get_dynamic_partitions(shards_partitions.name)
+        assert keys == ["00000", "00001"]
+        result = _job(defs).execute_in_process(
+            instance=instance,
+            asset_selection=DOWNLOAD,
+            tags=range_tags("00000", "00001"),
+            raise_on_error=False,
+        )
+        assert not result.success
+        evaluations = {(e.partition, e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+        assert evaluations[("00000", "shard_success_rate")] is True
+        assert evaluations[("00001", "shard_success_rate")] is False
+        assert evaluations[("00001", "shard_rows_match_input")] is True  # only the rate failed
+        statuses = instance.get_status_by_partition(dg.AssetKey("image_shards"), keys, shards_partitions)
+        assert statuses == {
+            "00000": dg.AssetPartitionStatus.MATERIALIZED,
+            "00001": dg.AssetPartitionStatus.FAILED,
+        }
+        assert missing_shard_keys(instance) == ["00001"]
+        # The files stay, but the shard is not complete for resume.
+        stats = json.loads((tmp_path / "dataset" / "00001_stats.json").read_text())
+        assert stats["passed_gates"] is False and stats["successes"] == 0
+        output = OutputFolder(str(tmp_path / "dataset"))
+        assert not already_done(output, 1, spec.download_options())
+        assert already_done(output, 0, spec.download_options())
+
+        # The outage ends: the same host and port serve the images again.
+        config = ServerConfig(port=down_port, max_lifetime_s=120)
+        with ImageServer(images=corpus_images(IMAGES, seed=7), config=config) as restored:
+            outcome = build_dataset(defs, instance)
+            assert restored.stats.total_requests >= 4
+        assert outcome.checks_passed, outcome.failed_checks
+        assert outcome.images == 8
+        statuses = instance.get_status_by_partition(dg.AssetKey("image_shards"), keys, shards_partitions)
+        assert set(statuses.values()) == {dg.AssetPartitionStatus.MATERIALIZED}
+    assert json.loads((tmp_path / "dataset" / "00001_stats.json").read_text())["passed_gates"] is True
+
+
+def _requested_while_00000_runs(defs: dg.Definitions) -> set[str]:
+    """Partitions the automation condition requests when 00000 and 00001 are new, 00000 running."""
+    with dg.instance_for_test() as instance:
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        instance.add_dynamic_partitions(shards_partitions.name, ["00000", "00001"])
+        for key in ("filtered_urls", "url_shards"):
+            instance.report_runless_asset_event(dg.AssetMaterialization(key))
+        run = instance.create_run_for_job(
+            job_def=_job(defs), asset_selection=frozenset(DOWNLOAD), tags={"dagster/partition": "00000"}
+        )
+        statuses = instance.get_status_by_partition(dg.AssetKey("image_shards"), ["00000"], shards_partitions)
+        assert run.status == dg.DagsterRunStatus.NOT_STARTED
+        assert statuses["00000"] == dg.AssetPartitionStatus.IN_PROGRESS
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        return set(result.get_requested_partitions(dg.AssetKey("image_shards")))
+
+
+def test_automation_never_starts_a_partition_in_progress(tmp_path: Path) -> None:
+    spec = spec_from_mapping({"url_list": str(tmp_path / "urls.csv"), "output_folder": str(tmp_path / "out")})
+    defs = build_defs(spec)
+    assert _requested_while_00000_runs(defs) == {"00001"}
+
+    # The control: on_missing() alone would start 00000 a second time.
+    def unguarded(spec: dg.AssetSpec) -> dg.AssetSpec:
+        if spec.key != dg.AssetKey("image_shards"):
+            return spec
+        return spec.replace_attributes(automation_condition=dg.AutomationCondition.on_missing())
+
+    bare = dg.Definitions(
+        assets=dg.map_asset_specs(unguarded, list(defs.assets or [])),
+        asset_checks=defs.asset_checks,
+        resources=defs.resources,
+    )
+    assert _requested_while_00000_runs(bare) == {"00000", "00001"}

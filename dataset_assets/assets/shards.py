@@ -9,11 +9,21 @@ from dagster_aws.s3 import S3Resource
 from dataset_assets.assets.urls import url_shards
 from dataset_assets.engine.reader import InputShard
 from dataset_assets.engine.runner import already_done, download_shards, read_shard_stats
+from dataset_assets.engine.shards.gates import GATES, ShardGates
 from dataset_assets.engine.shards.layout import parquet_name, shard_name
 from dataset_assets.engine.stats import ShardStats
 from dataset_assets.io.storage import OutputFolder, read_parquet
 from dataset_assets.partitions import shards_partitions
 from dataset_assets.resources import DatasetResource, spec_storage_options
+
+# Blocking and partitioned: a partition that fails one is not reported materialized, and its
+# run fails, so Dagster marks it failed and "failed and missing" backfills redo it.
+SHARD_CHECKS = [
+    dg.AssetCheckSpec(
+        name, asset="image_shards", description=description, blocking=True, partitions_def=shards_partitions
+    )
+    for name, description in GATES.items()
+]
 
 
 @dg.asset(
@@ -21,11 +31,14 @@ from dataset_assets.resources import DatasetResource, spec_storage_options
     partitions_def=shards_partitions,
     deps=[url_shards],
     kinds={"python", "parquet"},
-    automation_condition=dg.AutomationCondition.on_missing(),
+    check_specs=SHARD_CHECKS,
+    # Never start a partition a run is already downloading (that run would lose the shard's
+    # lease to nobody: the second writer would fail at once, but a run is a run).
+    automation_condition=dg.AutomationCondition.on_missing() & ~dg.AutomationCondition.in_progress(),
 )
 def image_shards(
     context: dg.AssetExecutionContext, dataset: DatasetResource, s3: S3Resource
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization | dg.AssetCheckEvaluation | dg.Output[None]]:
     """Fetch, resize and write shards (tar + parquet + stats), one partition per shard.
 
     A run may cover several partitions (a backfill groups up to the spec's ``shards_per_run``,
@@ -34,19 +47,26 @@ def image_shards(
     one's; every partition still gets its own metadata. A shard already complete on disk is
     reported, not downloaded again (unless ``incremental_mode`` says otherwise), so a backfill
     over all partitions doubles as a cheap "resume what is missing".
+
+    Each shard's gates (``shard_*`` checks, judged by the writer, see engine/shards/gates.py)
+    are reported per partition. When one fails, only the passing partitions are reported
+    materialized and the run fails, so the failing ones end as failed partitions; their files
+    stay, but the stats record ``passed_gates: false`` and the next run downloads them again.
+    ``AssetCheckEvaluation`` is yielded rather than ``AssetCheckResult``: the latter takes the
+    partition from the step, which a run of a partition range does not have.
     """
     spec = dataset.spec()
     options = spec.download_options()
+    gates = ShardGates(success_rate_floor=spec.success_rate_floor)
     storage_options = spec_storage_options(spec, s3)
     output = OutputFolder(spec.output_folder, storage_options)
     keys = {int(key): key for key in context.partition_keys}
+    done: dict[str, ShardStats] = {}
     todo = []
     for shard_id, key in keys.items():
         if already_done(output, shard_id, options):
             context.log.info(f"shard {key} already complete; not downloading it again")
-            context.add_asset_metadata(
-                shard_metadata(read_shard_stats(output, shard_id, options)), partition_key=key
-            )
+            done[key] = read_shard_stats(output, shard_id, options)
         else:
             todo.append(shard_id)
 
@@ -57,14 +77,70 @@ def image_shards(
             path = posixpath.join(spec.shard_inputs_folder, parquet_name(name))
             yield InputShard(shard_id, read_parquet(path, storage_options))
 
-    if todo:
-        names = ", ".join(keys[shard_id] for shard_id in todo)
-        context.log.info(f"downloading shard(s) {names} with {options.processes_count} processes")
-        for stats in download_shards(inputs(), output, options):
-            key = keys[stats.shard_id]
-            context.log.info(f"shard {key}: {stats.successes}/{stats.count} images in {stats.duration:.1f}s")
+    try:
+        if todo:
+            names = ", ".join(keys[shard_id] for shard_id in todo)
+            context.log.info(f"downloading shard(s) {names} with {options.processes_count} processes")
+            for stats in download_shards(inputs(), output, options, gates):
+                key = keys[stats.shard_id]
+                context.log.info(
+                    f"shard {key}: {stats.successes}/{stats.count} images in {stats.duration:.1f}s"
+                )
+                done[key] = stats
+    except BaseException:
+        # Shards committed before the failure are still reported (their partitions succeed).
+        yield from _report(context, done, whole_run=False)
+        raise
+    yield from _report(context, done, whole_run=True)
+    failed = {key: stats for key, stats in done.items() if stats.passed_gates is False}
+    if failed:
+        lines = [
+            f"{key}: {name}: {gate['summary']}"
+            for key, stats in sorted(failed.items())
+            for name, gate in stats.gates.items()
+            if not gate["passed"]
+        ]
+        raise dg.Failure(
+            description=f"{len(failed)} shard(s) failed their blocking checks and are left to be "
+            "downloaded again:\n" + "\n".join(lines),
+        )
+
+
+def _report(
+    context: dg.AssetExecutionContext, done: dict[str, ShardStats], whole_run: bool
+) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization | dg.AssetCheckEvaluation | dg.Output[None]]:
+    """Materializations for the partitions that passed, then every partition's gate outcomes.
+
+    One ``MaterializeResult`` (with per-partition metadata) when the whole run passed; otherwise
+    one ``AssetMaterialization`` per passing partition, so the others are left unmaterialized.
+    """
+    passed = {key: stats for key, stats in done.items() if stats.passed_gates is not False}
+    if whole_run and len(passed) == len(done) == len(context.partition_keys):
+        for key, stats in passed.items():
             context.add_asset_metadata(shard_metadata(stats), partition_key=key)
-    return dg.MaterializeResult()
+        yield dg.MaterializeResult()
+    else:
+        for key, stats in passed.items():
+            yield dg.AssetMaterialization(
+                asset_key=context.asset_key, partition=key, metadata=shard_metadata(stats)
+            )
+    selected = {key.name: key for key in context.selected_asset_check_keys}
+    for key, stats in done.items():
+        for name, gate in stats.gates.items():
+            if name in selected:
+                yield dg.AssetCheckEvaluation(
+                    asset_key=context.asset_key,
+                    check_name=name,
+                    passed=bool(gate["passed"]),
+                    partition=key,
+                    blocking=True,
+                    description=gate["summary"],
+                    metadata={"count": stats.count, "successes": stats.successes},
+                )
+    # Each check's op output, once per run (an AssetCheckResult would yield it; these are
+    # evaluations because they name their partition).
+    for check_key in selected.values():
+        yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(check_key))
 
 
 def shard_metadata(stats: ShardStats) -> dict[str, object]:

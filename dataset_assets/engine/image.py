@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -359,6 +360,28 @@ class ImageProcessor:
 
 
 # ---------------------------------------------------------------------- decode
+_HEADER_LOCK = threading.Lock()  # header_size lifts Pillow's global pixel limit for one call
+
+
+def header_size(raw: bytes) -> tuple[int, int] | None:
+    """(width, height) that an encoded image's header declares, or None if it has no readable
+    header. Reads no pixels (Pillow opens lazily): the shard writer's cheap check that what it
+    stores is an image of the size it records."""
+    with _HEADER_LOCK, warnings.catch_warnings():
+        # Our own size limits were applied by the image stage; Pillow's bomb guard would refuse
+        # (or warn about) a large stored original that those limits allowed.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(io.BytesIO(raw)) as im:
+                width, height = im.size
+        except Exception:  # Pillow raises many types on junk
+            return None
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    return int(width), int(height)
+
+
 def _probe(raw: bytes) -> _Header:
     """Read format, size, alpha and EXIF from the header only (Pillow opens lazily)."""
     exif: Image.Exif | None = None

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 SUCCESS = "success"
 FAILED_TO_DOWNLOAD = "failed_to_download"
 FAILED_TO_RESIZE = "failed_to_resize"
+# How a bug (an exception no stage expected) is recorded: the row's error_message starts so.
+INTERNAL_ERROR = "internal error"
 
 
 @dataclass(slots=True)

@@ -34,7 +34,9 @@ from dataset_assets.engine.politeness import worker_for
 from dataset_assets.engine.reader import InputShard
 from dataset_assets.engine.records import FAILED_TO_DOWNLOAD, FAILED_TO_RESIZE, FetchTask, SampleResult
 from dataset_assets.engine.resume import previous_successes
+from dataset_assets.engine.shards.gates import ShardGates
 from dataset_assets.engine.shards.layout import shard_name, stats_name
+from dataset_assets.engine.shards.lease import LEASE_RENEW_S, ShardLease
 from dataset_assets.engine.shards.sample_counts import publish_sample_counts
 from dataset_assets.engine.shards.writer import ShardWriter
 from dataset_assets.engine.stats import ShardStats
@@ -55,7 +57,17 @@ _URL_WHITESPACE = " \t\n\r\x0b\x0c"
 
 
 def is_shard_complete(output: OutputFolder, shard_id: int, options: DownloadOptions) -> bool:
-    return output.exists(stats_name(shard_name(shard_id, options.oom_shard_count)))
+    """The stats json exists and does not record a failed gate.
+
+    A shard committed with a failed gate (its host was down: 0 % success) keeps its files but
+    is not complete, so every resume path (incremental runs, "failed and missing" backfills)
+    downloads it again. Stats written before gates existed count as passed.
+    """
+    try:
+        payload = output.read_json(stats_name(shard_name(shard_id, options.oom_shard_count)))
+    except FileNotFoundError:
+        return False
+    return payload.get("passed_gates") is not False
 
 
 def already_done(output: OutputFolder, shard_id: int, options: DownloadOptions) -> bool:
@@ -108,6 +120,9 @@ class DownloadPool:
 
     The ``url_blocklist`` is loaded here, once, in the parent (never shipped to the workers):
     rows it names are recorded as refused and never routed to a worker.
+
+    Each shard is written under its lease (one writer per shard at a time, see
+    :mod:`~dataset_assets.engine.shards.lease`) and judged by ``gates`` as it is committed.
     """
 
     def __init__(
@@ -115,8 +130,10 @@ class DownloadPool:
         options: DownloadOptions,
         output_folder: str | OutputFolder,
         blocklist: Blocklist | None = None,
+        gates: ShardGates | None = None,
     ) -> None:
         self.options = options
+        self.gates = gates or ShardGates()
         self.output = (
             output_folder if isinstance(output_folder, OutputFolder) else OutputFolder(output_folder)
         )
@@ -261,7 +278,7 @@ class DownloadPool:
         stop = threading.Event()
 
         router = _HostRouter(self._tasks, stop)
-        checked_at = time.monotonic()
+        checked_at = renewed_at = time.monotonic()
         refused_rows = [0]  # recorded by the feeder (url_blocklist), for on_progress
         rows_since_start = 0
         futile_restarts = 0
@@ -299,7 +316,12 @@ class DownloadPool:
                         if mode == "incremental" or len(kept) == shard.table.num_rows:
                             finished.put(read_shard_stats(self.output, shard.shard_id, self.options))
                             continue
-                    writer = ShardWriter(self.output, self.options, shard.shard_id, shard.table)
+                    lease = ShardLease.acquire(
+                        self.output, shard_name(shard.shard_id, self.options.oom_shard_count)
+                    )
+                    writer = ShardWriter(
+                        self.output, self.options, shard.shard_id, shard.table, self.gates, lease
+                    )
                     for result in kept.values():
                         writer.add(result)
                     writer.stats.kept_from_previous_run = len(kept)
@@ -324,6 +346,7 @@ class DownloadPool:
             finally:
                 feeding_done.set()
 
+        complete: list[ShardWriter] = []
         feeder = threading.Thread(target=feed, name="shard-feeder", daemon=True)
         feeder.start()
         try:
@@ -335,8 +358,16 @@ class DownloadPool:
                 with lock:
                     complete = [writers.pop(s) for s in [s for s, w in writers.items() if w.done]]
                     idle = not writers
-                for writer in complete:
-                    yield writer.close()
+                    # The others are added to only by this thread (and under this lock).
+                    if time.monotonic() - renewed_at >= LEASE_RENEW_S:
+                        renewed_at = time.monotonic()
+                        for writer in writers.values():
+                            if writer.lease is not None:
+                                writer.lease.renew()
+                while complete:
+                    stats = complete[0].close()  # aborts its own shard if it raises
+                    complete.pop(0)
+                    yield stats
                 if feeder_error:
                     raise feeder_error[0]
                 if idle and all_fed and finished.empty():
@@ -362,7 +393,7 @@ class DownloadPool:
         except BaseException:
             stop.set()
             with lock:
-                for writer in writers.values():
+                for writer in [*complete, *writers.values()]:  # abort() is idempotent
                     writer.abort()
                 writers.clear()
             raise
@@ -510,7 +541,10 @@ class _HostRouter:
 
 
 def download_shards(
-    shards: Iterable[InputShard], output_folder: str | OutputFolder, options: DownloadOptions
+    shards: Iterable[InputShard],
+    output_folder: str | OutputFolder,
+    options: DownloadOptions,
+    gates: ShardGates | None = None,
 ) -> Iterator[ShardStats]:
     """Download several shards through one pool of their own, yielding stats as each commits.
 
@@ -519,7 +553,7 @@ def download_shards(
     may read each shard's input only when the pool gets to it). Once every shard is committed,
     the trainers' sample counts (``__len__``, ``sizes.json``) are brought up to date.
     """
-    with DownloadPool(options, output_folder) as pool:
+    with DownloadPool(options, output_folder, gates=gates) as pool:
         yield from pool.run(shards)
         output = pool.output
     publish_sample_counts(output, options)

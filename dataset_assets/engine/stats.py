@@ -37,6 +37,11 @@ class ShardStats:
     peak_worker_rss_mb: float = 0.0  # largest peak RSS of any worker process during the shard
     # Rows refused by a site's opt-out, by signal (keys of consent.SIGNALS); outages never count.
     opt_outs: dict[str, int] = field(default_factory=dict)
+    # Per-shard gates judged while writing (engine/shards/gates.py): name -> passed, summary.
+    gates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # False: committed but failed a gate, so not complete for resume (downloaded again).
+    # None: written before gates existed (or without them), counted as passed.
+    passed_gates: bool | None = None
 
     def record(self, result: SampleResult) -> None:
         self.count += 1

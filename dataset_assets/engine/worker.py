@@ -32,6 +32,7 @@ from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.records import (
     FAILED_TO_DOWNLOAD,
     FAILED_TO_RESIZE,
+    INTERNAL_ERROR,
     SUCCESS,
     FetchTask,
     SampleResult,
@@ -200,7 +201,7 @@ def _internal_error(task: FetchTask, error: BaseException) -> SampleResult:
         task.shard_id,
         task.index,
         FAILED_TO_DOWNLOAD,
-        error_message=f"internal error: {type(error).__name__}: {error}",
+        error_message=f"{INTERNAL_ERROR}: {type(error).__name__}: {error}",
     )
 
 

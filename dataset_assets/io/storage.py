@@ -321,6 +321,49 @@ class OutputFolder:
                 digest.update(block)
         return digest.hexdigest()
 
+    def written_digest(self, tmp: str) -> tuple[str, int] | None:
+        """(sha256, size) of what went through :meth:`open_tmp`'s handle for ``tmp``, if it did."""
+        return self._digests.get(tmp)
+
+    def size(self, name: str) -> int:
+        """The size of a committed file, from its metadata (a HEAD on an object store)."""
+        return int(self.fs.size(self.path(name)))
+
+    def create_exclusive(self, final_name: str, data: bytes) -> bool:
+        """Write ``data`` under ``final_name`` only if nothing is there; False if something is.
+
+        Local disk: ``O_CREAT | O_EXCL`` (atomic; the file is small enough to be written whole
+        before anyone reads it). S3 (and S3-compatible stores that honour it): a PUT with
+        ``If-None-Match: *``, which the store refuses atomically when the key exists. Other
+        filesystems get a check-then-write that is NOT exclusive; :mod:`~dataset_assets.engine.
+        shards.lease` documents what that costs.
+        """
+        path = self.path(final_name)
+        if self.is_local:
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            return True
+        if protocol_of(self.fs) in ("s3", "s3a"):
+            try:
+                self.fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                return False
+            return True
+        if self.fs.exists(path):
+            return False
+        self.fs.pipe_file(path, data)
+        return True
+
+    def remove(self, name: str) -> None:
+        """Delete one file if it is there."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(name))
+
     def exists(self, name: str) -> bool:
         return self.fs.exists(self.path(name))
 

@@ -3,7 +3,10 @@
 Results arrive in completion order and are written as they come, so a shard's memory is one
 parquet row group plus one image, whatever the shard size. Every file goes to ``_tmp`` first
 and is committed by :meth:`ShardWriter.close`, stats json last: a shard is complete exactly
-when its stats json exists.
+when its stats json exists and records that it passed its gates (:mod:`.gates`, judged from
+what the writer saw, so no file is read back). A shard with too many internal errors is not
+committed at all, and a writer that no longer holds its shard's lease (:mod:`.lease`)
+publishes nothing more.
 """
 
 from __future__ import annotations
@@ -17,6 +20,13 @@ import pyarrow.parquet as pq
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.records import SUCCESS, SampleResult
 from dataset_assets.engine.shards.formats import SampleSink, StoredSample
+from dataset_assets.engine.shards.gates import (
+    ShardFacts,
+    ShardGates,
+    ShardRefused,
+    evaluate,
+    internal_error_refusal,
+)
 from dataset_assets.engine.shards.layout import (
     compute_key,
     metadata_schema,
@@ -24,6 +34,7 @@ from dataset_assets.engine.shards.layout import (
     shard_name,
     stats_name,
 )
+from dataset_assets.engine.shards.lease import ShardLease
 from dataset_assets.engine.shards.registry import shard_format
 from dataset_assets.engine.stats import ShardStats
 from dataset_assets.io.storage import OutputFolder
@@ -34,8 +45,18 @@ ROW_GROUP_ROWS = 1024
 class ShardWriter:
     """Collects one shard's results and commits its files atomically."""
 
-    def __init__(self, output: OutputFolder, options: DownloadOptions, shard_id: int, rows: pa.Table) -> None:
+    def __init__(
+        self,
+        output: OutputFolder,
+        options: DownloadOptions,
+        shard_id: int,
+        rows: pa.Table,
+        gates: ShardGates | None = None,
+        lease: ShardLease | None = None,
+    ) -> None:
         self._output = output
+        self._gates = gates or ShardGates()
+        self.lease = lease
         self._options = options
         self._format = shard_format(options.output_format)
         self.shard_id = shard_id
@@ -67,6 +88,11 @@ class ShardWriter:
                 schema = schema.append(pa.field(self._image_column, pa.binary()))
             self._parquet = pq.ParquetWriter(self._parquet_handle, schema)
             self._tmp.append((tmp, parquet_name(self.shard)))
+        self.facts = ShardFacts(
+            self.expected,
+            options.number_sample_per_shard,
+            stores_images=self._sink is not None or self._image_column is not None,
+        )
 
     @property
     def done(self) -> bool:
@@ -101,7 +127,11 @@ class ShardWriter:
 
     def add(self, result: SampleResult) -> None:
         self.stats.record(result)
+        self.facts.observe(result)
+        if result.status == SUCCESS and self._image_column is not None and result.image is not None:
+            self.facts.stored += 1
         if result.status == SUCCESS and self._sink is not None and result.image is not None:
+            self.facts.stored += 1
             caption = None
             if self._captions is not None:
                 value = self._captions[result.index]
@@ -126,6 +156,7 @@ class ShardWriter:
         if not self._pending or self._parquet is None:
             return
         pending, self._pending = self._pending, []
+        self.facts.parquet_rows += len(pending)
         indices = pa.array([r.index for r in pending], pa.int64())
         columns: dict[str, pa.Array] = {n: self._rows.column(n).take(indices) for n in self._extra}
         if self._captions is not None:
@@ -147,32 +178,64 @@ class ShardWriter:
         self._parquet.write_table(table.select(schema.names).cast(schema))
 
     def close(self) -> ShardStats:
-        """Finish every file, commit them, then write the stats json that marks completion."""
+        """Finish every file, commit them, judge the gates, then write the stats json.
+
+        Raises :class:`ShardRefused` (too many internal errors) or ``ShardLeaseError`` (another
+        writer holds the shard now) with nothing more of this shard published.
+        """
+        try:
+            return self._commit()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _commit(self) -> ShardStats:
         if self.stats.count != self.expected:
             raise RuntimeError(f"shard {self.shard}: {self.stats.count} results for {self.expected} rows")
+        refusal = internal_error_refusal(self.shard, self.stats.count, self.facts, self._gates)
+        if refusal:
+            raise ShardRefused(refusal)
         if self._sink is not None:
             self._sink.close()
         if self._parquet is not None and self._parquet_handle is not None:
             self._flush_parquet()
             self._parquet.close()
             self._parquet_handle.close()
+        if self.lease is not None:
+            self.lease.check()
         fs = self._output.fs
         # A shard being replaced stops looking complete before any of its files change.
         old_marker = self._output.path(stats_name(self.shard))
         if fs.exists(old_marker):
             fs.rm(old_marker)
-        for tmp, final in self._tmp:
-            if fs.isdir(tmp):
+        while self._tmp:
+            tmp, final = self._tmp[0]
+            folder = fs.isdir(tmp)
+            if folder:
                 self.stats.bytes_written += int(fs.du(tmp))
+                self.facts.unhashed.append(final)
             else:
-                self.stats.bytes_written += int(fs.size(tmp))
-                self.stats.checksums[final] = self._output.sha256(tmp)
+                # The digest of the bytes that went through the handle; read back only for a
+                # file written some other way.
+                known = self._output.written_digest(tmp)
+                digest, size = known if known is not None else (self._output.sha256(tmp), int(fs.size(tmp)))
+                self.stats.bytes_written += size
+                self.stats.checksums[final] = digest
             self._output.commit(tmp, final)
+            self._tmp.pop(0)
+            if not folder:
+                self.facts.files[final] = (size, self._output.size(final))
             self.stats.files.append(self._output.path(final))
+        self.stats.gates = evaluate(self.stats, self.facts, self._gates, self._format.writes_parquet)
+        self.stats.passed_gates = all(gate["passed"] for gate in self.stats.gates.values())
         self.stats.end_time = time.time()
         self.stats.duration = self.stats.end_time - self.stats.start_time
+        if self.lease is not None:
+            self.lease.check()  # the last look before the completion marker
         self._output.write_json_atomic(stats_name(self.shard), self.stats.to_json())
         self.stats.files.append(self._output.path(stats_name(self.shard)))
+        if self.lease is not None:
+            self.lease.release()
         return self.stats
 
     def abort(self) -> None:
@@ -185,3 +248,6 @@ class ShardWriter:
                 pass
         for tmp, _ in self._tmp:
             self._output.discard(tmp)
+        self._tmp = []
+        if self.lease is not None:
+            self.lease.release()
