@@ -34,7 +34,8 @@ from dataset_assets.engine.politeness import worker_for
 from dataset_assets.engine.reader import InputShard
 from dataset_assets.engine.records import FAILED_TO_DOWNLOAD, FAILED_TO_RESIZE, FetchTask, SampleResult
 from dataset_assets.engine.resume import previous_successes
-from dataset_assets.engine.shards.layout import shard_name, stats_name
+from dataset_assets.engine.shards.layout import parquet_name, shard_name, stats_name
+from dataset_assets.engine.shards.registry import shard_format
 from dataset_assets.engine.shards.writer import ShardWriter
 from dataset_assets.engine.stats import ShardStats
 from dataset_assets.engine.worker import BusySlot, worker_main
@@ -53,18 +54,80 @@ MAX_FUTILE_RESTARTS = 3  # workers that die again before any row comes back: a b
 _URL_WHITESPACE = " \t\n\r\x0b\x0c"
 
 
-def is_shard_complete(output: OutputFolder, shard_id: int, options: DownloadOptions) -> bool:
-    return output.exists(stats_name(shard_name(shard_id, options.oom_shard_count)))
+# What shard_completion finds; only COMPLETE is left as it is by an incremental run.
+COMPLETE = "complete"
+MISSING = "missing"  # no stats json: never committed (or being replaced)
+REPLANNED = "replanned"  # committed from other input rows than the plan's now
+UNREADABLE = "unreadable"  # a stats json that is not one (truncated, garbage)
+
+# The log line for each state that makes an incremental run download a committed shard again.
+WHY_AGAIN = {
+    REPLANNED: "was built from another input (re-planned); downloading it again",
+    UNREADABLE: "has an unreadable stats file; downloading it again",
+}
 
 
-def already_done(output: OutputFolder, shard_id: int, options: DownloadOptions) -> bool:
+def shard_completion(
+    output: OutputFolder, shard_id: int, options: DownloadOptions, fingerprint: str | None = None
+) -> str:
+    """COMPLETE, MISSING, REPLANNED or UNREADABLE: the state the skip rule decides on.
+
+    Without ``fingerprint`` (the caller does not know the plan's) a shard is complete when its
+    stats json exists, img2dataset's rule. With it, the stats must also record that fingerprint
+    as the input the shard was built from; stats of an older version, which record none, are
+    taken as they are (re-downloading every old shard would be worse than trusting them).
+    """
+    name = stats_name(shard_name(shard_id, options.oom_shard_count))
+    if fingerprint is None:
+        return COMPLETE if output.exists(name) else MISSING
+    try:
+        stats = output.read_json(name)
+    except FileNotFoundError:
+        return MISSING
+    except (OSError, ValueError):
+        return UNREADABLE
+    if not isinstance(stats, dict):
+        return UNREADABLE
+    recorded = stats.get("input_fingerprint")
+    return REPLANNED if recorded is not None and recorded != fingerprint else COMPLETE
+
+
+def is_shard_complete(
+    output: OutputFolder, shard_id: int, options: DownloadOptions, fingerprint: str | None = None
+) -> bool:
+    return shard_completion(output, shard_id, options, fingerprint) == COMPLETE
+
+
+def already_done(
+    output: OutputFolder, shard_id: int, options: DownloadOptions, fingerprint: str | None = None
+) -> bool:
     """Whether a shard is left as it is: the one rule of skip / overwrite / retry_failed.
 
     ``incremental`` skips complete shards; ``overwrite`` redoes them; ``retry_failed`` opens
     them again (the pool keeps their successes and fetches only their failed rows). Callers that
     want to avoid even reading a skipped shard's input (the reader, the assets) ask here too.
+    A shard built from other rows than ``fingerprint`` (the plan's) is not complete, in any mode.
     """
-    return options.incremental_mode == "incremental" and is_shard_complete(output, shard_id, options)
+    return options.incremental_mode == "incremental" and is_shard_complete(
+        output, shard_id, options, fingerprint
+    )
+
+
+def remove_shard(output: OutputFolder, shard_id: int, options: DownloadOptions) -> list[str]:
+    """Delete a committed shard's files (stats first: it stops looking complete at once).
+
+    For shards a re-plan left outside the plan: their rows are no longer wanted (a denied
+    domain, a removal), and a consumer globbing ``*.tar`` must not read them. Returns the names
+    deleted.
+    """
+    shard = shard_name(shard_id, options.oom_shard_count)
+    container = shard_format(options.output_format).container(shard)
+    removed = []
+    for name in (stats_name(shard), parquet_name(shard), container):
+        if name is not None and output.exists(name):
+            output.fs.rm(output.path(name), recursive=True)
+            removed.append(name)
+    return removed
 
 
 def read_shard_stats(output: OutputFolder, shard_id: int, options: DownloadOptions) -> ShardStats:
@@ -292,13 +355,17 @@ class DownloadPool:
                         return
                     mode = self.options.incremental_mode
                     kept: dict[int, SampleResult] = {}
-                    if mode != "overwrite" and is_shard_complete(self.output, shard.shard_id, self.options):
+                    if mode != "overwrite" and is_shard_complete(
+                        self.output, shard.shard_id, self.options, shard.fingerprint
+                    ):
                         if mode == "retry_failed":
                             kept = previous_successes(self.output, shard.shard_id, self.options)
                         if mode == "incremental" or len(kept) == shard.table.num_rows:
                             finished.put(read_shard_stats(self.output, shard.shard_id, self.options))
                             continue
-                    writer = ShardWriter(self.output, self.options, shard.shard_id, shard.table)
+                    writer = ShardWriter(
+                        self.output, self.options, shard.shard_id, shard.table, shard.fingerprint
+                    )
                     for result in kept.values():
                         writer.add(result)
                     writer.stats.kept_from_previous_run = len(kept)

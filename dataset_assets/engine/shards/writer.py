@@ -14,6 +14,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dataset_assets.engine.fingerprint import table_fingerprint
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.records import SUCCESS, SampleResult
 from dataset_assets.engine.shards.formats import SampleSink, StoredSample
@@ -34,7 +35,14 @@ ROW_GROUP_ROWS = 1024
 class ShardWriter:
     """Collects one shard's results and commits its files atomically."""
 
-    def __init__(self, output: OutputFolder, options: DownloadOptions, shard_id: int, rows: pa.Table) -> None:
+    def __init__(
+        self,
+        output: OutputFolder,
+        options: DownloadOptions,
+        shard_id: int,
+        rows: pa.Table,
+        fingerprint: str | None = None,
+    ) -> None:
         self._output = output
         self._options = options
         self._format = shard_format(options.output_format)
@@ -49,7 +57,12 @@ class ShardWriter:
         self._extra_values = {n: rows.column(n).to_pylist() for n in self._extra}
         self._pending: list[SampleResult] = []
         self._tmp: list[tuple[str, str]] = []  # (tmp path, final name), committed in order
-        self.stats = ShardStats(shard_id=shard_id, start_time=time.time())
+        self.stats = ShardStats(
+            shard_id=shard_id,
+            start_time=time.time(),
+            input_fingerprint=fingerprint or table_fingerprint(rows),
+        )
+        self._indices = (rows.num_rows, -1)  # (lowest, highest) row index recorded
 
         self._image_column = options.encode_format if self._format.images_in_parquet else None
         self._sink: SampleSink | None = None
@@ -101,6 +114,8 @@ class ShardWriter:
 
     def add(self, result: SampleResult) -> None:
         self.stats.record(result)
+        low, high = self._indices
+        self._indices = (min(low, result.index), max(high, result.index))
         if result.status == SUCCESS and self._sink is not None and result.image is not None:
             caption = None
             if self._captions is not None:
@@ -165,10 +180,15 @@ class ShardWriter:
             if fs.isdir(tmp):
                 self.stats.bytes_written += int(fs.du(tmp))
             else:
-                self.stats.bytes_written += int(fs.size(tmp))
+                size = int(fs.size(tmp))
+                self.stats.bytes_written += size
+                self.stats.file_sizes[final] = size
                 self.stats.checksums[final] = self._output.sha256(tmp)
             self._output.commit(tmp, final)
             self.stats.files.append(self._output.path(final))
+        low, high = self._indices
+        if high >= 0:
+            self.stats.key_range = [self.key(low), self.key(high)]
         self.stats.end_time = time.time()
         self.stats.duration = self.stats.end_time - self.stats.start_time
         self._output.write_json_atomic(stats_name(self.shard), self.stats.to_json())
