@@ -61,6 +61,11 @@ class DatasetSettings:
         le=1,
         also_used_by=("verification",),
     )
+    verify_full_checksums: bool = option(
+        False,
+        "dataset_verification hashes every shard file (O(dataset bytes) of I/O) instead of a sample.",
+        also_used_by=("verification",),
+    )
     card_title: str = option("Image dataset", "Title of DATASET_CARD.md.", also_used_by=("card",))
 
 

@@ -246,6 +246,91 @@ def test_corrupted_tar_fails_the_blocking_checks(server: ImageServer, tmp_path: 
     assert result.asset_materializations_for_node("dataset_card") == []  # blocked
 
 
+def _logs(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    return [entry.user_message for entry in instance.all_logs(run_id)]
+
+
+def test_replan_with_a_denied_domain_downloads_exactly_the_changed_shards(tmp_path: Path) -> None:
+    """Shards 00000-00001 keep their rows, 00002 gets other rows, 00003 leaves the plan."""
+    names = sorted(corpus_images(16, seed=3))
+    config = ServerConfig(extra_hosts=1, max_lifetime_s=600)
+    with ImageServer(images=corpus_images(16, seed=3), config=config) as web:
+        denied = web.config.hosts[1]  # 127.0.0.2
+        urls = [web.url(n) for n in names[:8]]
+        urls += [web.url(n, denied if i % 2 else web.config.hosts[0]) for i, n in enumerate(names[8:])]
+        values = {**_spec_values(web, tmp_path), "url_list": str(tmp_path / "two_hosts.csv")}
+        with (tmp_path / "two_hosts.csv").open("w") as handle:
+            handle.write("url,caption,source_id\n")
+            handle.writelines(f"{url},photo number {i},{i}\n" for i, url in enumerate(urls))
+        values["number_sample_per_shard"] = 4
+        dataset = tmp_path / "dataset"
+        with dg.instance_for_test() as instance:
+            assert build_dataset(build_defs(spec_from_mapping(values)), instance).checks_passed
+            assert web.stats.host(denied).requests > 0
+            before = {i: (dataset / f"0000{i}.tar").stat().st_mtime_ns for i in range(4)}
+
+            web.reset_stats()
+            defs = build_defs(spec_from_mapping({**values, "denied_domains": [denied]}))
+            _job(defs).execute_in_process(instance=instance, asset_selection=INGEST)
+            # The shrunk plan's partition is gone, and so are its files (they held denied rows).
+            assert instance.get_dynamic_partitions(shards_partitions.name) == ["00000", "00001", "00002"]
+            assert not list(dataset.glob("00003*"))
+            # A backfill over every partition re-downloads exactly the re-planned shard.
+            result = _job(defs).execute_in_process(
+                instance=instance, asset_selection=DOWNLOAD, tags=range_tags("00000", "00002")
+            )
+            images = sorted(p for p in web.stats.paths if p.startswith("/img/"))
+            assert images == sorted(f"/img/{n}" for n in names[8::2])
+            assert web.stats.host(denied).requests == 0
+            logs = _logs(instance, result.run_id)
+            assert any("shard 00002 was built from another input (re-planned)" in m for m in logs)
+            assert not any("shard 00001 was built" in m for m in logs)
+            assert [(dataset / f"0000{i}.tar").stat().st_mtime_ns == before[i] for i in range(3)] == [
+                True,
+                True,
+                False,
+            ]
+            stored = sorted(r["url"] for r in pq.read_table(dataset / "00002.parquet").to_pylist())
+            assert stored == [web.url(n) for n in names[8::2]]
+            for tar_path in dataset.glob("*.tar"):
+                with tarfile.open(tar_path) as tar:
+                    metas = [json.load(tar.extractfile(m)) for m in tar if m.name.endswith(".json")]
+                assert metas and not [m for m in metas if denied in m["url"]], tar_path
+
+            published = _job(defs).execute_in_process(
+                instance=instance, asset_selection=PUBLISH, raise_on_error=False
+            )
+            failed = {e.check_name for e in published.get_asset_check_evaluations() if not e.passed}
+            assert failed == set(), failed
+            report = json.loads((dataset / "verification.json").read_text())
+            assert report["rows"] == 12 and report["shards_complete"] == 3
+
+
+def test_stale_shard_files_and_replanned_stats_are_reported(server: ImageServer, tmp_path: Path) -> None:
+    """Verification after a re-plan that nobody downloaded yet: failed checks naming shards."""
+    spec = spec_from_mapping(_spec_values(server, tmp_path))
+    defs = build_defs(spec)
+    dataset = tmp_path / "dataset"
+    with dg.instance_for_test() as instance:
+        assert build_dataset(defs, instance).checks_passed
+        # Another plan's shard left in the folder, and shard 00001 built from other rows.
+        for name in ("00003.tar", "00003.parquet", "00003_stats.json"):
+            (dataset / name.replace("00003", "00007")).write_bytes((dataset / name).read_bytes())
+        stats = json.loads((dataset / "00001_stats.json").read_text())
+        (dataset / "00001_stats.json").write_text(json.dumps({**stats, "input_fingerprint": "f" * 32}))
+        result = _job(defs).execute_in_process(
+            instance=instance, asset_selection=PUBLISH, raise_on_error=False
+        )
+        evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not evaluations["shards_in_plan"].passed
+    assert "shard 00007" in str(evaluations["shards_in_plan"].metadata["problems"].value)
+    assert not evaluations["shards_complete"].passed
+    assert "shard 00001 was built from another input" in str(
+        evaluations["shards_complete"].metadata["problems"].value
+    )
+    assert result.asset_materializations_for_node("dataset_card") == []
+
+
 def test_run_config_overrides_one_key_and_is_validated(server: ImageServer, tmp_path: Path) -> None:
     spec = spec_from_mapping(_spec_values(server, tmp_path))
     with dg.instance_for_test() as instance:

@@ -7,12 +7,19 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from dataset_assets.assets.urls import url_shards
+from dataset_assets.engine.fingerprint import footer_fingerprint
 from dataset_assets.engine.reader import InputShard
-from dataset_assets.engine.runner import already_done, download_shards, read_shard_stats
+from dataset_assets.engine.runner import (
+    WHY_AGAIN,
+    already_done,
+    download_shards,
+    read_shard_stats,
+    shard_completion,
+)
 from dataset_assets.engine.shards.gates import GATES, ShardGates
 from dataset_assets.engine.shards.layout import parquet_name, shard_name
 from dataset_assets.engine.stats import ShardStats
-from dataset_assets.io.storage import OutputFolder, read_parquet
+from dataset_assets.io.storage import OutputFolder, filesystem, read_parquet
 from dataset_assets.partitions import shards_partitions
 from dataset_assets.resources import DatasetResource, spec_storage_options
 
@@ -62,20 +69,33 @@ def image_shards(
     output = OutputFolder(spec.output_folder, storage_options)
     keys = {int(key): key for key in context.partition_keys}
     done: dict[str, ShardStats] = {}
+    plan_fs, plan_root = filesystem(spec.shard_inputs_folder, storage_options)
+    fingerprints: dict[int, str | None] = {}
+    for shard_id, key in keys.items():
+        footer = footer_fingerprint(plan_fs, posixpath.join(plan_root, parquet_name(key)))
+        if footer is None:
+            raise dg.Failure(
+                f"shard {key} has no shard input in {spec.shard_inputs_folder}: it is not in the "
+                "current plan (re-materialise url_shards, which removes partitions beyond the plan)"
+            )
+        fingerprints[shard_id] = footer[1]
     todo = []
     for shard_id, key in keys.items():
-        if already_done(output, shard_id, options):
+        if already_done(output, shard_id, options, fingerprints[shard_id]):
             context.log.info(f"shard {key} already complete; not downloading it again")
             done[key] = read_shard_stats(output, shard_id, options)
-        else:
-            todo.append(shard_id)
+            continue
+        state = shard_completion(output, shard_id, options, fingerprints[shard_id])
+        if state in WHY_AGAIN:
+            context.log.warning(f"shard {key} {WHY_AGAIN[state]}")
+        todo.append(shard_id)
 
     def inputs() -> Iterator[InputShard]:
         # Consumed by the pool's feeder thread, lazily: one shard's rows at a time.
         for shard_id in todo:
             name = shard_name(shard_id, spec.oom_shard_count)
             path = posixpath.join(spec.shard_inputs_folder, parquet_name(name))
-            yield InputShard(shard_id, read_parquet(path, storage_options))
+            yield InputShard(shard_id, read_parquet(path, storage_options), fingerprints[shard_id])
 
     try:
         if todo:

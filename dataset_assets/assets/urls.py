@@ -5,9 +5,10 @@ import dataclasses
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from dataset_assets.engine.runner import remove_shard
 from dataset_assets.io.storage import OutputFolder
 from dataset_assets.partitions import REGISTER_CHUNK, shards_partitions
-from dataset_assets.planning import filter_urls, write_shard_inputs
+from dataset_assets.planning import filter_urls, read_manifest, write_shard_inputs
 from dataset_assets.reporting.markdown import inert
 from dataset_assets.resources import DatasetResource, spec_storage_options
 
@@ -57,28 +58,56 @@ def url_shards(
     """One parquet of ``number_sample_per_shard`` rows per shard, each registered as a partition.
 
     Idempotent: unchanged shard inputs are not rewritten and known keys are not re-added, so
-    re-materialising after a partial download keeps every partition's history.
+    re-materialising after a partial download keeps every partition's history. After a re-plan,
+    partitions beyond the new plan are removed with their downloaded files (their rows are no
+    longer wanted: a denied domain must leave nothing behind), and shards whose rows changed
+    are listed: the next backfill over them downloads them again (their stats record the old
+    input's fingerprint, which the skip rule compares with the plan's).
     """
     spec = dataset.spec()
+    storage_options = spec_storage_options(spec, s3)
+    before = _planned_fingerprints(read_manifest(spec.shard_inputs_folder, storage_options))
     keys = write_shard_inputs(
         spec.filtered_urls_path,
         spec.shard_inputs_folder,
         spec.number_sample_per_shard,
         spec.oom_shard_count,
-        storage_options=spec_storage_options(spec, s3),
+        storage_options=storage_options,
     )
+    after = _planned_fingerprints(read_manifest(spec.shard_inputs_folder, storage_options))
+    changed = sorted(k for k in keys if k in before and before[k] != after.get(k))
     existing = set(context.instance.get_dynamic_partitions(shards_partitions.name))
     new = [key for key in keys if key not in existing]
     for start in range(0, len(new), REGISTER_CHUNK):
         context.instance.add_dynamic_partitions(shards_partitions.name, new[start : start + REGISTER_CHUNK])
     stale = sorted(existing - set(keys))
+    output = OutputFolder(spec.output_folder, storage_options)
+    options = spec.download_options()
+    for key in stale:
+        context.instance.delete_dynamic_partition(shards_partitions.name, key)
+        removed = remove_shard(output, int(key), options)
+        if removed:
+            context.log.info(f"shard {key} is beyond the plan: deleted {', '.join(removed)}")
     if stale:
-        context.log.warning(f"{len(stale)} registered shard(s) no longer in the plan, e.g. {stale[:5]}")
+        context.log.warning(f"removed {len(stale)} partition(s) no longer in the plan, e.g. {stale[:5]}")
+    if changed:
+        context.log.warning(
+            f"{len(changed)} shard input(s) changed by this plan, e.g. {changed[:5]}: "
+            "a backfill over them downloads them again"
+        )
     return dg.MaterializeResult(
         metadata={
             "num_shards": len(keys),
             "new_shards": len(new),
-            "stale_shards": len(stale),
+            "removed_shards": len(stale),
+            "changed_shards": len(changed),
+            "changed_shard_keys": dg.MetadataValue.json(changed[:100]),
             "shard_inputs": dg.MetadataValue.path(spec.shard_inputs_folder),
         }
     )
+
+
+def _planned_fingerprints(manifest: dict | None) -> dict[str, str | None]:
+    """Shard key -> the fingerprint its input had, per a planner manifest."""
+    entries = (manifest or {}).get("shards", [])
+    return {e["key"]: e.get("fingerprint") for e in entries if isinstance(e, dict) and "key" in e}

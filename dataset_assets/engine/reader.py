@@ -48,6 +48,9 @@ class InputShard:
 
     shard_id: int
     table: pa.Table
+    # The planner's fingerprint of these rows (its footer), when known; the writer records it,
+    # or one computed from ``table``, in the shard's stats (engine/fingerprint.py).
+    fingerprint: str | None = None
 
 
 def _resolve(name: str, found: list[str], what: str, path: str) -> str:

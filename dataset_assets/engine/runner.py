@@ -35,8 +35,9 @@ from dataset_assets.engine.reader import InputShard
 from dataset_assets.engine.records import FAILED_TO_DOWNLOAD, FAILED_TO_RESIZE, FetchTask, SampleResult
 from dataset_assets.engine.resume import previous_successes
 from dataset_assets.engine.shards.gates import ShardGates
-from dataset_assets.engine.shards.layout import shard_name, stats_name
+from dataset_assets.engine.shards.layout import parquet_name, shard_name, stats_name
 from dataset_assets.engine.shards.lease import LEASE_RENEW_S, ShardLease
+from dataset_assets.engine.shards.registry import shard_format
 from dataset_assets.engine.shards.sample_counts import publish_sample_counts
 from dataset_assets.engine.shards.writer import ShardWriter
 from dataset_assets.engine.stats import ShardStats
@@ -56,28 +57,86 @@ MAX_FUTILE_RESTARTS = 3  # workers that die again before any row comes back: a b
 _URL_WHITESPACE = " \t\n\r\x0b\x0c"
 
 
-def is_shard_complete(output: OutputFolder, shard_id: int, options: DownloadOptions) -> bool:
-    """The stats json exists and does not record a failed gate.
+# What shard_completion finds; only COMPLETE is left as it is by an incremental run.
+COMPLETE = "complete"
+MISSING = "missing"  # no stats json: never committed (or being replaced)
+REPLANNED = "replanned"  # committed from other input rows than the plan's now
+UNREADABLE = "unreadable"  # a stats json that is not one (truncated, garbage)
+FAILED_GATES = "failed_gates"  # committed, but a per-shard gate failed (e.g. its host was down)
 
-    A shard committed with a failed gate (its host was down: 0 % success) keeps its files but
-    is not complete, so every resume path (incremental runs, "failed and missing" backfills)
-    downloads it again. Stats written before gates existed count as passed.
+# The log line for each state that makes an incremental run download a committed shard again.
+WHY_AGAIN = {
+    REPLANNED: "was built from another input (re-planned); downloading it again",
+    UNREADABLE: "has an unreadable stats file; downloading it again",
+    FAILED_GATES: "failed its gates when it was written (see its checks); downloading it again",
+}
+
+
+def shard_completion(
+    output: OutputFolder, shard_id: int, options: DownloadOptions, fingerprint: str | None = None
+) -> str:
+    """COMPLETE, MISSING, REPLANNED, UNREADABLE or FAILED_GATES: what the skip rule decides on.
+
+    A shard is complete when its stats json exists (img2dataset's rule) and does not record a
+    failed gate: a shard committed at 0 % success because its host was down keeps its files but
+    is downloaded again by every resume path (incremental runs, "failed and missing"
+    backfills). With ``fingerprint`` (the plan's), the stats must also record it as the input
+    the shard was built from. Stats of an older version, which record neither, are taken as
+    they are (re-downloading every old shard would be worse than trusting them).
     """
+    name = stats_name(shard_name(shard_id, options.oom_shard_count))
     try:
-        payload = output.read_json(stats_name(shard_name(shard_id, options.oom_shard_count)))
+        stats = output.read_json(name)
     except FileNotFoundError:
-        return False
-    return payload.get("passed_gates") is not False
+        return MISSING
+    except (OSError, ValueError):
+        return UNREADABLE
+    if not isinstance(stats, dict):
+        return UNREADABLE
+    if stats.get("passed_gates") is False:
+        return FAILED_GATES
+    recorded = stats.get("input_fingerprint")
+    if fingerprint is not None and recorded is not None and recorded != fingerprint:
+        return REPLANNED
+    return COMPLETE
 
 
-def already_done(output: OutputFolder, shard_id: int, options: DownloadOptions) -> bool:
+def is_shard_complete(
+    output: OutputFolder, shard_id: int, options: DownloadOptions, fingerprint: str | None = None
+) -> bool:
+    return shard_completion(output, shard_id, options, fingerprint) == COMPLETE
+
+
+def already_done(
+    output: OutputFolder, shard_id: int, options: DownloadOptions, fingerprint: str | None = None
+) -> bool:
     """Whether a shard is left as it is: the one rule of skip / overwrite / retry_failed.
 
     ``incremental`` skips complete shards; ``overwrite`` redoes them; ``retry_failed`` opens
     them again (the pool keeps their successes and fetches only their failed rows). Callers that
     want to avoid even reading a skipped shard's input (the reader, the assets) ask here too.
+    A shard built from other rows than ``fingerprint`` (the plan's) is not complete, in any mode.
     """
-    return options.incremental_mode == "incremental" and is_shard_complete(output, shard_id, options)
+    return options.incremental_mode == "incremental" and is_shard_complete(
+        output, shard_id, options, fingerprint
+    )
+
+
+def remove_shard(output: OutputFolder, shard_id: int, options: DownloadOptions) -> list[str]:
+    """Delete a committed shard's files (stats first: it stops looking complete at once).
+
+    For shards a re-plan left outside the plan: their rows are no longer wanted (a denied
+    domain, a removal), and a consumer globbing ``*.tar`` must not read them. Returns the names
+    deleted.
+    """
+    shard = shard_name(shard_id, options.oom_shard_count)
+    container = shard_format(options.output_format).container(shard)
+    removed = []
+    for name in (stats_name(shard), parquet_name(shard), container):
+        if name is not None and output.exists(name):
+            output.fs.rm(output.path(name), recursive=True)
+            removed.append(name)
+    return removed
 
 
 def read_shard_stats(output: OutputFolder, shard_id: int, options: DownloadOptions) -> ShardStats:
@@ -310,7 +369,9 @@ class DownloadPool:
                         return
                     mode = self.options.incremental_mode
                     kept: dict[int, SampleResult] = {}
-                    if mode != "overwrite" and is_shard_complete(self.output, shard.shard_id, self.options):
+                    if mode != "overwrite" and is_shard_complete(
+                        self.output, shard.shard_id, self.options, shard.fingerprint
+                    ):
                         if mode == "retry_failed":
                             kept = previous_successes(self.output, shard.shard_id, self.options)
                         if mode == "incremental" or len(kept) == shard.table.num_rows:
@@ -320,7 +381,13 @@ class DownloadPool:
                         self.output, shard_name(shard.shard_id, self.options.oom_shard_count)
                     )
                     writer = ShardWriter(
-                        self.output, self.options, shard.shard_id, shard.table, self.gates, lease
+                        self.output,
+                        self.options,
+                        shard.shard_id,
+                        shard.table,
+                        self.gates,
+                        lease,
+                        shard.fingerprint,
                     )
                     for result in kept.values():
                         writer.add(result)

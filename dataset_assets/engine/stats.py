@@ -12,6 +12,14 @@ from dataset_assets.engine.records import FAILED_TO_RESIZE, SUCCESS, SampleResul
 # 10 000 unique messages cannot bloat the stats file.
 MAX_DISTINCT_ERRORS = 1000
 OTHER_ERRORS = "other errors"
+# Lower bounds of the buckets of ``short_sides`` (the original image's shorter side, px): the
+# dataset card's size histogram, counted here so that the card reads stats, not parquets.
+SHORT_SIDE_BUCKETS = (0, 128, 256, 512, 1024, 2048, 4096)
+
+
+def short_side_bucket(width: int, height: int) -> int:
+    side = min(width, height)
+    return max(b for b in SHORT_SIDE_BUCKETS if side >= b)
 
 
 @dataclass
@@ -42,6 +50,16 @@ class ShardStats:
     # False: committed but failed a gate, so not complete for resume (downloaded again).
     # None: written before gates existed (or without them), counted as passed.
     passed_gates: bool | None = None
+    # Fingerprint of the input rows the shard was built from (engine/fingerprint.py): a shard
+    # whose plan input now has another one was re-planned and is not complete.
+    input_fingerprint: str | None = None
+    # [first, last] key written (keys are positional: each shard's lie in a range of its own,
+    # so keys are unique across the dataset when every shard's do; verification checks this).
+    key_range: list[str] | None = None
+    # Size in bytes of each committed shard file (what verification checks on every shard).
+    file_sizes: dict[str, int] = field(default_factory=dict)
+    # Rows by the bucket (str of a SHORT_SIDE_BUCKETS bound) of their original shorter side.
+    short_sides: dict[str, int] = field(default_factory=dict)
 
     def record(self, result: SampleResult) -> None:
         self.count += 1
@@ -50,6 +68,9 @@ class ShardStats:
             worker = str(result.worker_pid)
             self.rows_per_worker[worker] = self.rows_per_worker.get(worker, 0) + 1
         self.peak_worker_rss_mb = max(self.peak_worker_rss_mb, result.worker_peak_rss_kb / 1024)
+        if result.original_width is not None and result.original_height is not None:
+            bucket = str(short_side_bucket(result.original_width, result.original_height))
+            self.short_sides[bucket] = self.short_sides.get(bucket, 0) + 1
         if result.status == SUCCESS:
             self.successes += 1
             key = SUCCESS

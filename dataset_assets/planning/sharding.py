@@ -18,7 +18,6 @@ a request per shard.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import posixpath
@@ -31,6 +30,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dataset_assets.engine.fingerprint import FINGERPRINT_KEY, compact, footer_fingerprint, table_fingerprint
 from dataset_assets.engine.shards.layout import shard_name
 from dataset_assets.io.storage import (
     StorageOptions,
@@ -42,7 +42,6 @@ from dataset_assets.io.storage import (
 )
 
 MANIFEST_NAME = "_manifest.json"
-_FINGERPRINT_KEY = b"dataset_assets.shard_fingerprint"
 _MANIFEST_FORMAT = 1
 _MAX_BATCH_ROWS = 65_536
 # Remote shard files are staged locally and uploaded this many at a time (concurrently).
@@ -65,35 +64,14 @@ def _read_manifest(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any] |
     return data if isinstance(data, dict) and data.get("format") == _MANIFEST_FORMAT else None
 
 
-def _compact(table: pa.Table) -> pa.Table:
-    """The rows copied into fresh, contiguous buffers, without schema metadata.
-
-    A slice keeps (and, serialised, may carry) bytes of the batch it was cut from, so equal rows
-    cut from differently sized batches would otherwise fingerprint differently.
-    """
-    table = table.replace_schema_metadata(None)
-    return table.take(pa.array(range(table.num_rows), pa.int64())).combine_chunks()
-
-
 def _fingerprint(table: pa.Table) -> str:
-    """A digest of a compacted shard's rows and schema (see :func:`_compact`)."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        for batch in table.to_batches():
-            writer.write_batch(batch)
-    return hashlib.blake2b(sink.getvalue().to_pybytes(), digest_size=16).hexdigest()
+    """The fingerprint of a compacted shard (the engine's, so that stats and footers agree)."""
+    return table_fingerprint(table, compacted=True)
 
 
 def _existing_fingerprint(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int, str | None] | None:
     """(rows, fingerprint) from a shard file's footer; None if missing or unreadable."""
-    try:
-        with fs.open(path, "rb") as handle:
-            meta = pq.read_metadata(handle)
-    except (OSError, ValueError, pa.ArrowException):
-        return None
-    kv = meta.metadata or {}
-    value = kv.get(_FINGERPRINT_KEY)
-    return meta.num_rows, value.decode() if value else None
+    return footer_fingerprint(fs, path)
 
 
 def _stamp(info: dict[str, Any]) -> str:
@@ -209,11 +187,11 @@ def write_shard_inputs(
             for shard_id, table in enumerate(_iter_shards(source, number_sample_per_shard)):
                 key = shard_name(shard_id, oom_shard_count)
                 name = f"{key}.parquet"
-                table = _compact(table)
+                table = compact(table)
                 fingerprint = _fingerprint(table)
                 wanted = (table.num_rows, fingerprint)
                 if not _holds(fs, root, name, wanted, listing.get(name), known.get(name)):
-                    metadata = {_FINGERPRINT_KEY: fingerprint.encode()}
+                    metadata = {FINGERPRINT_KEY: fingerprint.encode()}
                     publisher.write(name, table.replace_schema_metadata(metadata))
                 entries.append({"key": key, "path": name, "rows": table.num_rows, "fingerprint": fingerprint})
         publisher.flush()

@@ -15,6 +15,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
@@ -24,6 +25,7 @@ from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.shards.formats import ShardReadError
 from dataset_assets.engine.shards.layout import parquet_name, stats_name
 from dataset_assets.engine.shards.registry import shard_format
+from dataset_assets.engine.stats import SHORT_SIDE_BUCKETS, short_side_bucket
 from dataset_assets.io.storage import OutputFolder
 from dataset_assets.reporting.markdown import inert
 
@@ -32,7 +34,7 @@ GRID_NAME = "DATASET_CARD_samples.jpg"
 THUMB = 96
 GRID_COLUMNS = 8
 GRID_ROWS = 4
-SIZE_BUCKETS = (0, 128, 256, 512, 1024, 2048, 4096)
+SIZE_BUCKETS = SHORT_SIDE_BUCKETS
 # The option that turns each signal's check on (a true value = checked). An option this
 # version does not declare counts as on: each is on by default where it exists.
 SIGNAL_OPTIONS = {
@@ -72,39 +74,55 @@ def _output(output_folder: str | OutputFolder) -> OutputFolder:
 
 
 def build_card(output_folder: str | OutputFolder, inputs: CardInputs) -> Card:
-    """``output_folder``: a path/URL, or an OutputFolder (remote storage with its options)."""
+    """``output_folder``: a path/URL, or an OutputFolder (remote storage with its options).
+
+    Totals, statuses, opt-outs and the size histogram come from the shards' stats (one small
+    read per shard); only the thumbnail grid reads images, the first few.
+    """
     output = _output(output_folder)
     statuses: Counter[str] = Counter()
     opt_outs: Counter[str] = Counter()
     totals = Counter({"shards": 0, "rows": 0, "successes": 0, "bytes_written": 0})
-    short_sides: list[int] = []
+    short_sides: Counter[int] = Counter()
     for shard in inputs.shard_keys:
-        if not output.exists(stats_name(shard)):
-            continue
-        stats = output.read_json(stats_name(shard))
-        totals.update(
-            shards=1,
-            rows=stats["count"],
-            successes=stats["successes"],
-            bytes_written=stats.get("bytes_written", 0),
-        )
-        statuses.update(stats["status_dict"])
-        opt_outs.update(stats.get("opt_outs", {}))
-        if shard_format(inputs.options.output_format).writes_parquet:
-            table = pq.read_table(
-                output.path(parquet_name(shard)),
-                columns=["original_width", "original_height"],
-                filesystem=output.fs,
-            )
-            widths = table.column("original_width").to_pylist()
-            heights = table.column("original_height").to_pylist()
-            short_sides += [
-                min(w, h) for w, h in zip(widths, heights, strict=True) if w is not None and h is not None
-            ]
+        try:
+            stats = output.read_json(stats_name(shard))
+            counts = (int(stats["count"]), int(stats["successes"]), int(stats.get("bytes_written", 0)))
+            shard_statuses = Counter({str(k): int(v) for k, v in stats["status_dict"].items()})
+            shard_opt_outs = Counter({str(k): int(v) for k, v in stats.get("opt_outs", {}).items()})
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue  # missing or unreadable: not complete (verification names it)
+        totals.update(shards=1, rows=counts[0], successes=counts[1], bytes_written=counts[2])
+        statuses.update(shard_statuses)
+        opt_outs.update(shard_opt_outs)
+        short_sides.update(_short_sides(output, shard, stats, inputs.options))
     grid = _thumbnail_grid(output, inputs)
     rate = totals["successes"] / totals["rows"] if totals["rows"] else 0.0
     markdown = _render(inputs, totals, rate, statuses, opt_outs, short_sides, grid is not None)
     return Card(markdown, grid, {**totals, "success_rate": rate})
+
+
+def _short_sides(
+    output: OutputFolder, shard: str, stats: dict[str, Any], options: DownloadOptions
+) -> Counter[int]:
+    """The shard's rows by short-side bucket: from its stats; from its parquet for older stats."""
+    recorded = stats.get("short_sides")
+    if isinstance(recorded, dict):
+        try:
+            return Counter({int(bucket): int(n) for bucket, n in recorded.items()})
+        except (TypeError, ValueError):
+            return Counter()
+    if not shard_format(options.output_format).writes_parquet:
+        return Counter()
+    try:
+        with output.fs.open(output.path(parquet_name(shard)), "rb") as handle:
+            table = pq.read_table(handle, columns=["original_width", "original_height"])
+    except (OSError, ValueError, pa.ArrowException):
+        return Counter()
+    widths = table.column("original_width").to_pylist()
+    heights = table.column("original_height").to_pylist()
+    pairs = zip(widths, heights, strict=True)
+    return Counter(short_side_bucket(w, h) for w, h in pairs if w is not None and h is not None)
 
 
 def write_card(output_folder: str | OutputFolder, card: Card) -> list[str]:
@@ -130,7 +148,7 @@ def _render(
     rate: float,
     statuses: Counter[str],
     opt_outs: Counter[str],
-    short_sides: list[int],
+    short_sides: Counter[int],
     has_grid: bool,
 ) -> str:
     options = inputs.options
@@ -229,11 +247,7 @@ def _consent(inputs: CardInputs, opt_outs: Counter[str]) -> tuple[list[str], int
     return lines, total
 
 
-def _histogram(values: list[int]) -> list[str]:
-    counts = Counter()
-    for value in values:
-        bucket = max(b for b in SIZE_BUCKETS if value >= b)
-        counts[bucket] += 1
+def _histogram(counts: Counter[int]) -> list[str]:
     rows = []
     for low, high in zip(SIZE_BUCKETS, (*SIZE_BUCKETS[1:], None), strict=True):
         label = f"{low}-{high - 1}" if high else f"≥ {low}"
@@ -280,7 +294,7 @@ def _first_images(output: OutputFolder, inputs: CardInputs, wanted: int) -> list
                 found.append(sample.image)
                 if len(found) >= wanted:
                     break
-        except ShardReadError:
+        except (ShardReadError, OSError, ValueError):
             continue  # verification reports it; the card shows the images it can read
     return found
 

@@ -13,8 +13,20 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from dataset_assets.engine.runner import DownloadPool, InputShard, download_shard
+from dataset_assets.engine.fingerprint import table_fingerprint
+from dataset_assets.engine.runner import (
+    COMPLETE,
+    MISSING,
+    REPLANNED,
+    UNREADABLE,
+    DownloadPool,
+    InputShard,
+    already_done,
+    download_shard,
+    shard_completion,
+)
 from dataset_assets.engine.shards.layout import compute_key
+from dataset_assets.io.storage import OutputFolder
 from dataset_assets_tests.conftest import local_options, process_alive, rows
 from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
@@ -160,6 +172,44 @@ def test_complete_shard_is_skipped_in_incremental_mode(image_server: ImageServer
     second = download_shard(table, str(tmp_path), local_options(), shard_id=0)
     assert not first.skipped and second.skipped and second.successes == 1
     assert image_server.stats.total_requests == requests
+
+
+def test_a_shard_built_from_other_input_rows_is_not_complete(image_server: ImageServer, tmp_path) -> None:
+    """The skip rule compares the fingerprint in the stats with the plan's (a re-plan)."""
+    output = OutputFolder(str(tmp_path))
+    table = rows([image_server.url("landscape.jpg"), image_server.url("portrait.jpg")])
+    planned = table_fingerprint(table)
+    options = local_options()
+
+    def run(fingerprint: str | None, mode: str = "incremental") -> tuple[list, int]:
+        image_server.reset_stats()
+        with DownloadPool(options.replace(incremental_mode=mode), output) as pool:
+            done = list(pool.run([InputShard(0, table, fingerprint)]))
+        return done, len([p for p in image_server.stats.paths if p.startswith("/img/")])
+
+    (first,), fetched = run(planned)
+    assert fetched == 2 and first.input_fingerprint == planned
+    assert shard_completion(output, 0, options, planned) == COMPLETE
+    (second,), fetched = run(planned)
+    assert second.skipped and fetched == 0  # same plan: left as it is
+
+    replanned = "0" * 32
+    assert shard_completion(output, 0, options, replanned) == REPLANNED
+    assert not already_done(output, 0, options, replanned)
+    assert already_done(output, 0, options)  # without the plan's fingerprint: img2dataset's rule
+    # retry_failed must not keep "successes" of other rows: the shard is redone whole.
+    (third,), fetched = run(replanned, mode="retry_failed")
+    assert fetched == 2 and third.kept_from_previous_run == 0 and third.input_fingerprint == replanned
+
+    (tmp_path / "00000_stats.json").write_text("{not json")
+    assert shard_completion(output, 0, options, replanned) == UNREADABLE
+    legacy = {**third.to_json(), "input_fingerprint": None}  # stats of an older version
+    (tmp_path / "00000_stats.json").write_text(json.dumps(legacy))
+    assert shard_completion(output, 0, options, planned) == COMPLETE
+    assert shard_completion(OutputFolder(str(tmp_path / "empty")), 0, options, planned) == MISSING
+
+    # Without a fingerprint from the caller the writer records the rows' own.
+    assert download_shard(table, str(tmp_path / "direct"), options).input_fingerprint == planned
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dataset_assets.engine.fingerprint import table_fingerprint
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.records import SUCCESS, SampleResult
 from dataset_assets.engine.shards.formats import SampleSink, StoredSample
@@ -53,6 +54,7 @@ class ShardWriter:
         rows: pa.Table,
         gates: ShardGates | None = None,
         lease: ShardLease | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         self._output = output
         self._gates = gates or ShardGates()
@@ -70,7 +72,12 @@ class ShardWriter:
         self._extra_values = {n: rows.column(n).to_pylist() for n in self._extra}
         self._pending: list[SampleResult] = []
         self._tmp: list[tuple[str, str]] = []  # (tmp path, final name), committed in order
-        self.stats = ShardStats(shard_id=shard_id, start_time=time.time())
+        self.stats = ShardStats(
+            shard_id=shard_id,
+            start_time=time.time(),
+            input_fingerprint=fingerprint or table_fingerprint(rows),
+        )
+        self._indices = (rows.num_rows, -1)  # (lowest, highest) row index recorded
 
         self._image_column = options.encode_format if self._format.images_in_parquet else None
         self._sink: SampleSink | None = None
@@ -130,6 +137,8 @@ class ShardWriter:
         self.facts.observe(result)
         if result.status == SUCCESS and self._image_column is not None and result.image is not None:
             self.facts.stored += 1
+        low, high = self._indices
+        self._indices = (min(low, result.index), max(high, result.index))
         if result.status == SUCCESS and self._sink is not None and result.image is not None:
             self.facts.stored += 1
             caption = None
@@ -220,12 +229,16 @@ class ShardWriter:
                 known = self._output.written_digest(tmp)
                 digest, size = known if known is not None else (self._output.sha256(tmp), int(fs.size(tmp)))
                 self.stats.bytes_written += size
+                self.stats.file_sizes[final] = size
                 self.stats.checksums[final] = digest
             self._output.commit(tmp, final)
             self._tmp.pop(0)
             if not folder:
                 self.facts.files[final] = (size, self._output.size(final))
             self.stats.files.append(self._output.path(final))
+        low, high = self._indices
+        if high >= 0:
+            self.stats.key_range = [self.key(low), self.key(high)]
         self.stats.gates = evaluate(self.stats, self.facts, self._gates, self._format.writes_parquet)
         self.stats.passed_gates = all(gate["passed"] for gate in self.stats.gates.values())
         self.stats.end_time = time.time()
