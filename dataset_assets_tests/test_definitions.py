@@ -302,7 +302,7 @@ def test_replan_with_a_denied_domain_downloads_exactly_the_changed_shards(tmp_pa
             )
             failed = {e.check_name for e in published.get_asset_check_evaluations() if not e.passed}
             assert failed == set(), failed
-            report = json.loads((dataset / "verification.json").read_text())
+            report = json.loads((dataset / "_reports" / "verification.json").read_text())
             assert report["rows"] == 12 and report["shards_complete"] == 3
 
 

@@ -27,10 +27,13 @@ from dataset_assets.engine.shards.layout import parquet_name, stats_name
 from dataset_assets.engine.shards.registry import shard_format
 from dataset_assets.engine.stats import SHORT_SIDE_BUCKETS, short_side_bucket
 from dataset_assets.io.storage import OutputFolder
+from dataset_assets.reporting.charts import Chart, column_chart, grouped, row_chart
 from dataset_assets.reporting.markdown import inert
 
 CARD_NAME = "DATASET_CARD.md"
 GRID_NAME = "DATASET_CARD_samples.jpg"
+CHART_NAME = "DATASET_CARD_{}.png"  # beside the card, so its relative links resolve anywhere
+CHART_FAILURE_REASONS = 10
 THUMB = 96
 GRID_COLUMNS = 8
 GRID_ROWS = 4
@@ -67,6 +70,22 @@ class Card:
     markdown: str
     grid_jpeg: bytes | None
     totals: dict[str, float]
+    charts: list[Chart] = field(default_factory=list)
+
+
+@dataclass
+class _ShardSeries:
+    """Per-shard figures in shard order, for the charts (one small record per shard)."""
+
+    keys: list[str] = field(default_factory=list)
+    success_rates: list[float] = field(default_factory=list)
+    images_per_sec: list[float] = field(default_factory=list)
+
+    def add(self, key: str, rows: int, successes: int, duration: float) -> None:
+        self.keys.append(key)
+        self.success_rates.append(successes / rows if rows else 0.0)
+        # Stored images per second: a shard of failures is fast, and must not look productive.
+        self.images_per_sec.append(successes / duration if duration > 0 else 0.0)
 
 
 def _output(output_folder: str | OutputFolder) -> OutputFolder:
@@ -84,22 +103,69 @@ def build_card(output_folder: str | OutputFolder, inputs: CardInputs) -> Card:
     opt_outs: Counter[str] = Counter()
     totals = Counter({"shards": 0, "rows": 0, "successes": 0, "bytes_written": 0})
     short_sides: Counter[int] = Counter()
+    series = _ShardSeries()
     for shard in inputs.shard_keys:
         try:
             stats = output.read_json(stats_name(shard))
             counts = (int(stats["count"]), int(stats["successes"]), int(stats.get("bytes_written", 0)))
+            duration = float(stats.get("duration", 0.0))
             shard_statuses = Counter({str(k): int(v) for k, v in stats["status_dict"].items()})
             shard_opt_outs = Counter({str(k): int(v) for k, v in stats.get("opt_outs", {}).items()})
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             continue  # missing or unreadable: not complete (verification names it)
         totals.update(shards=1, rows=counts[0], successes=counts[1], bytes_written=counts[2])
+        series.add(shard, counts[0], counts[1], duration)
         statuses.update(shard_statuses)
         opt_outs.update(shard_opt_outs)
         short_sides.update(_short_sides(output, shard, stats, inputs.options))
     grid = _thumbnail_grid(output, inputs)
     rate = totals["successes"] / totals["rows"] if totals["rows"] else 0.0
-    markdown = _render(inputs, totals, rate, statuses, opt_outs, short_sides, grid is not None)
-    return Card(markdown, grid, {**totals, "success_rate": rate})
+    charts = _charts(series, statuses, short_sides)
+    markdown = _render(inputs, totals, rate, statuses, opt_outs, short_sides, grid is not None, charts)
+    return Card(markdown, grid, {**totals, "success_rate": rate}, charts)
+
+
+def _charts(series: _ShardSeries, statuses: Counter[str], short_sides: Counter[int]) -> list[Chart]:
+    """Success rate and images/s by shard, failures by reason, original sizes: from stats only."""
+    if not series.keys:
+        return []
+    rates, group = grouped(series.success_rates)
+    speeds, _ = grouped(series.images_per_sec)
+    span = dict(first_label=f"shard {series.keys[0]}", last_label=f"shard {series.keys[-1]}")
+    per = f" (columns: means of {group} shards)" if group > 1 else ""
+    charts = [
+        Chart(
+            "success_rate",
+            "Success rate by shard",
+            column_chart(
+                f"Success rate by shard{per}", rates, top=1.0, value_label=lambda v: f"{v:.0%}", **span
+            ),
+        ),
+        Chart(
+            "images_per_sec",
+            "Images stored per second, by shard",
+            column_chart(f"Images stored per second, by shard{per}", speeds, **span),
+        ),
+    ]
+    failures = [(m, float(n)) for m, n in statuses.most_common() if m != "success"][:CHART_FAILURE_REASONS]
+    if failures:
+        charts.append(
+            Chart("failures", "Failures by reason", row_chart("Failures by reason (rows)", failures))
+        )
+    if short_sides:
+        rows = [(label, float(short_sides.get(low, 0))) for low, label in _size_buckets()]
+        charts.append(
+            Chart("sizes", "Original sizes", row_chart("Original size, shorter side (px): images", rows))
+        )
+    return charts
+
+
+def _size_buckets() -> list[tuple[int, str]]:
+    bounds = (*SIZE_BUCKETS[1:], None)
+    return [
+        (low, f"{low}-{high - 1}" if high else f">= {low}")
+        for low, high in zip(SIZE_BUCKETS, bounds, strict=True)
+    ]
 
 
 def _short_sides(
@@ -128,6 +194,13 @@ def _short_sides(
 def write_card(output_folder: str | OutputFolder, card: Card) -> list[str]:
     output = _output(output_folder)
     paths = []
+    for chart in card.charts:
+        name = CHART_NAME.format(chart.name)
+        tmp, handle = output.open_tmp(name)
+        with handle:
+            handle.write(chart.png)
+        output.commit(tmp, name)
+        paths.append(output.path(name))
     if card.grid_jpeg is not None:
         tmp, handle = output.open_tmp(GRID_NAME)
         with handle:
@@ -150,6 +223,7 @@ def _render(
     opt_outs: Counter[str],
     short_sides: Counter[int],
     has_grid: bool,
+    charts: list[Chart],
 ) -> str:
     options = inputs.options
     consent, opted_out = _consent(inputs, opt_outs)
@@ -172,6 +246,10 @@ def _render(
         f"{options.resize_mode} {options.image_size}px |",
         "",
     ]
+    if charts:
+        lines += ["## At a glance", ""]
+        lines += [f"![{chart.title}]({CHART_NAME.format(chart.name)})" for chart in charts]
+        lines.append("")
     if inputs.filter_report:
         report = inputs.filter_report
         lines += ["## URL-list filtering", "", "| rule | rows removed |", "|---|---|"]
@@ -191,7 +269,7 @@ def _render(
         f"- User agent: `{user_agent(options.user_agent_token)}`",
         f"- X-Robots-Tag directives honoured: {', '.join(options.disallowed_header_directives) or 'none'}",
         f"- Rows not stored because the owner opted out: {opted_out} (see Consent)",
-        f"- At most {options.max_connections_per_host} connections per host per worker process;"
+        f"- At most {options.max_connections_per_host} connections per host for the whole run;"
         f" total deadline {options.timeout:g}s per request",
         "",
         *consent,
