@@ -566,10 +566,12 @@ def test_backfill_runs_concurrently_through_the_daemon_into_s3(
             assert len(intervals) == SHARDS + 1
             assert _max_overlap(intervals) == 2
 
-            # Each shard is in S3 exactly once, complete; nothing half-written, no debris.
+            # Each shard is in S3 exactly once, complete; nothing half-written, no debris; beside
+            # them only the sample count (and its cache) the runs published.
             data = [k for k in s3_server.keys(bucket, "ds/") if not k.startswith("ds/_plan/")]
             assert data == sorted(
-                f"ds/{k}{suffix}" for k in keys for suffix in (".parquet", ".tar", "_stats.json")
+                [f"ds/{k}{suffix}" for k in keys for suffix in (".parquet", ".tar", "_stats.json")]
+                + ["ds/__len__", "ds/_reports/sample_counts.json"]
             )
             fetched = collections.Counter(p for p in server.stats.paths if p.startswith("/img/"))
             victim_rows = {f"/img/{name}" for name in names[-ROWS_PER_SHARD:]}
