@@ -14,6 +14,7 @@ import pytest
 import webdataset as wds
 
 from dataset_assets.engine.fingerprint import table_fingerprint
+from dataset_assets.engine.politeness import worker_for
 from dataset_assets.engine.runner import (
     COMPLETE,
     MISSING,
@@ -217,8 +218,15 @@ def test_ten_thousand_rows_spread_over_two_processes(tmp_path) -> None:
     from dataset_assets_tests.fakeweb.images import make_image
 
     images = {f"{i}.jpg": make_image(i, 48 + i, 40 + i) for i in range(20)}
-    with ImageServer(images=images, config=ServerConfig(max_lifetime_s=300)) as server:
-        urls = [server.url(f"{i % 20}.jpg") for i in range(10_000)]
+    # Rows go to the worker that owns their host, so a one-host list leaves the second process
+    # only the image work the first one cannot keep up with, which depends on the machine's
+    # speed. Eight hosts, four owned by each process (crc32 of 127.0.0.1..8 modulo 2), make the
+    # split a property of the list instead.
+    hosts = [f"127.0.0.{n}" for n in range(1, 9)]
+    assert sorted(worker_for(f"http://{h}/", 2) for h in hosts) == [0] * 4 + [1] * 4
+    config = ServerConfig(max_lifetime_s=300, extra_hosts=len(hosts) - 1)
+    with ImageServer(images=images, config=config) as server:
+        urls = [server.url(f"{i % 20}.jpg", host=hosts[i % len(hosts)]) for i in range(10_000)]
         options = local_options(processes_count=2, thread_count=64, image_size=32, output_format="parquet")
         stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
     assert stats.count == 10_000 and stats.successes == 10_000
