@@ -8,6 +8,9 @@ the spec are reached with the ``s3`` resource, read from the standard AWS enviro
 (``AWS_ENDPOINT_URL`` for MinIO/R2, ``AWS_REGION``, credentials) or boto's credential chain.
 """
 
+import os
+from collections.abc import Mapping
+
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
@@ -17,7 +20,14 @@ from dataset_assets.assets.shards import image_shards
 from dataset_assets.assets.urls import filtered_urls, url_shards
 from dataset_assets.resources import dataset_resource, s3_resource_from_env
 from dataset_assets.schedules import download_shards_job, resume_missing_shards
-from dataset_assets.spec import DatasetSpec, load_spec
+from dataset_assets.spec import DatasetSpec, demo_hint, load_spec
+
+# Shown at the top of every asset's description when the UI's instance is a temporary one.
+TEMPORARY_INSTANCE_NOTICE = (
+    "**DAGSTER_HOME is not set: this UI shows a temporary instance**, created empty by `dagster dev` "
+    "(and deleted when it stops), so runs and partitions recorded elsewhere do not appear here. "
+    "Restart with DAGSTER_HOME set to the instance's folder. "
+)
 
 
 def build_defs(spec: DatasetSpec, s3: S3Resource | None = None) -> dg.Definitions:
@@ -42,7 +52,26 @@ def build_defs(spec: DatasetSpec, s3: S3Resource | None = None) -> dg.Definition
     )
 
 
+def temporary_instance_notice(environ: Mapping[str, str] | None = None) -> str | None:
+    """The notice for ``dagster dev`` without ``DAGSTER_HOME`` (its instance is a new temporary
+    folder, empty however many runs the demo or the CLI recorded), else None.
+
+    ``dagster dev`` marks its processes (and the code server and runs they start) with
+    ``DAGSTER_IS_DEV_CLI``; ``DAGSTER_HOME`` is inherited as the user set it.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("DAGSTER_IS_DEV_CLI") and not environ.get("DAGSTER_HOME"):
+        return TEMPORARY_INSTANCE_NOTICE + demo_hint()
+    return None
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
     """The code location, for the spec named by ``DATASET_SPEC``, read when Dagster loads it."""
-    return build_defs(load_spec())
+    definitions = build_defs(load_spec())
+    notice = temporary_instance_notice()
+    if notice:
+        definitions = definitions.map_asset_specs(
+            func=lambda spec: spec.replace_attributes(description=f"{notice}\n\n{spec.description or ''}")
+        )
+    return definitions

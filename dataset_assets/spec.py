@@ -29,6 +29,8 @@ SHARDS_PER_RUN = catalogue.SHARDS_PER_RUN
 # The demo's template (``python -m dataset_assets.demo`` fills in its paths); never a fallback.
 DEMO_SPEC_TEMPLATE = Path(__file__).parent / "demo" / "demo_spec.yaml"
 SPEC_ENV = "DATASET_SPEC"
+# Where `python -m dataset_assets.demo` writes by default, relative to where it is started.
+DEMO_OUTPUT = "demo_output"
 
 
 class SpecError(ValueError):
@@ -117,14 +119,32 @@ def _spec_model() -> type[_SpecMethods]:
 DatasetSpec = _spec_model()
 
 
+def demo_hint(cwd: Path | None = None) -> str:
+    """How to open the demo's runs instead: both variables, since ``dagster dev`` without
+    ``DAGSTER_HOME`` uses a temporary, empty instance (no runs, no partitions)."""
+    root = (cwd or Path.cwd()) / DEMO_OUTPUT
+    if (root / "spec.yaml").is_file():
+        where = f"The demo's output is in {root}: open its runs with"
+        home, spec = root / "dagster_home", root / "spec.yaml"
+    else:
+        where = "For the demo, run `python -m dataset_assets.demo` from the project root, then"
+        home, spec = Path("$PWD") / DEMO_OUTPUT / "dagster_home", Path(DEMO_OUTPUT) / "spec.yaml"
+    return (
+        f"{where} `DAGSTER_HOME={home} {SPEC_ENV}={spec} dagster dev -m dataset_assets.definitions "
+        "-h 127.0.0.1`, or run `python -m dataset_assets.demo --ui`"
+    )
+
+
 def spec_path() -> str | Path:
     """The spec file named by ``DATASET_SPEC``; unset is an error, never a silent default (a
-    forgotten variable must not quietly build the demo, with private addresses allowed)."""
+    forgotten variable must not quietly build the demo, with private addresses allowed). The
+    error is what the UI shows for the code location, so it says what to set, both variables."""
     value = os.environ.get(SPEC_ENV, "").strip()
     if not value:
         raise SpecError(
-            f"{SPEC_ENV} is not set: name your dataset's spec file (e.g. {SPEC_ENV}=my_spec.yaml, or an "
-            "s3:// URL); for the demo, run `python -m dataset_assets.demo` and use the command it prints"
+            f"{SPEC_ENV} is not set, so no dataset is loaded: name your dataset's spec file (e.g. "
+            f"{SPEC_ENV}=my_spec.yaml, or an s3:// URL) and set DAGSTER_HOME to a persistent folder "
+            "(without it `dagster dev` shows a temporary, empty instance). " + demo_hint()
         )
     if is_remote_url(value):
         return value

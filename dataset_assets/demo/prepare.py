@@ -59,6 +59,11 @@ class DemoPaths:
     def dagster_home(self) -> Path:
         return self.root / "dagster_home"
 
+    @property
+    def log_file(self) -> Path:
+        """Every Dagster event of the demo's runs (DEBUG included), and Python's warnings."""
+        return self.root / "logs" / "dagster.log"
+
 
 def _write_image(args: tuple[Path, int, int, int]) -> None:
     path, seed, width, height = args
@@ -115,22 +120,41 @@ def write_spec(paths: DemoPaths) -> None:
     paths.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
-# The demo instance: local SQLite storage, no telemetry, and run monitoring so that a run whose
-# process was killed is marked failed (and so picked up by "materialize missing").
-DEMO_INSTANCE_YAML = """\
-telemetry:
-  enabled: false
-run_monitoring:
-  enabled: true
-"""
+def instance_yaml(log_file: Path) -> str:
+    """The demo instance's ``dagster.yaml``.
+
+    Local SQLite storage, no telemetry, run monitoring (a run whose process was killed is marked
+    failed, and so picked up by "materialize missing"), and Dagster's ``python_logs`` handler
+    config sending every event of every run, DEBUG included, to ``log_file``: the demo's
+    terminal then shows only its progress and summary, and runs started from ``dagster dev``
+    on this instance log there too.
+    """
+    config = {
+        "telemetry": {"enabled": False},
+        "run_monitoring": {"enabled": True},
+        "python_logs": {
+            "dagster_handler_config": {
+                "handlers": {
+                    "demo_log_file": {
+                        "class": "logging.FileHandler",
+                        "filename": str(log_file),
+                        "level": "DEBUG",
+                        "formatter": "demo_plain",
+                    }
+                },
+                "formatters": {"demo_plain": {"format": "%(asctime)s %(levelname)s %(message)s"}},
+            }
+        },
+    }
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def prepare_demo(paths: DemoPaths, server: ImageServer, count: int) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.dagster_home.mkdir(exist_ok=True)
-    instance_yaml = paths.dagster_home / "dagster.yaml"
-    if not instance_yaml.exists():
-        instance_yaml.write_text(DEMO_INSTANCE_YAML)
+    paths.log_file.parent.mkdir(exist_ok=True)
+    # Rewritten every time: the demo owns this instance, and the log file's path is absolute.
+    (paths.dagster_home / "dagster.yaml").write_text(instance_yaml(paths.log_file))
     names = generate_images(paths.images, count)
     write_url_list(paths.urls, server, names)
     write_spec(paths)
