@@ -1,0 +1,259 @@
+"""The demo as the UI shows it: the real webserver on the demo's instance, asked over GraphQL.
+
+The demo's materialisation (its own inputs, spec and instance layout, on a loopback image
+server; smaller shards so that it stays quick) is followed by one shard re-run while its images
+are gone, as a user re-materialising it while its host is down. The UI must then show the runs,
+the ``image_shards`` partitions with that shard failed (a 0 % shard is never a healthy
+materialized partition), and the card's markdown on ``dataset_card``. A second webserver with no
+``DATASET_SPEC`` must say in the UI what to set. Field names are those of dagster_graphql's
+schema (``schema/roots/query.py``, ``asset_graph.py``, ``pipelines/pipeline.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from dataset_assets.demo.build import DOWNLOAD, QUIET_CONSOLE, build_dataset
+from dataset_assets.demo.prepare import DemoPaths, prepare_demo
+from dataset_assets.spec import load_spec
+from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
+
+pytestmark = pytest.mark.slow
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+WEBSERVER_LIFETIME_S = 600  # `timeout` kills the webserver's process group after this, whatever happens
+STARTUP_S = 180.0
+SHARD_ROWS = 26  # 100 images + the demo's warts: four shards, the warts in the last (22/26 stored)
+BROKEN = "00001"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    # No proxy, whatever the environment says: requests stay on loopback.
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Webserver:
+    """``dagster-webserver -m dataset_assets.definitions`` on 127.0.0.1, in its own process group."""
+
+    def __init__(self, env: Mapping[str, str], log: Path) -> None:
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        argv = [
+            *("timeout", "-s", "KILL", str(WEBSERVER_LIFETIME_S)),
+            *(sys.executable, "-m", "dagster_webserver", "-m", "dataset_assets.definitions"),
+            *("-h", "127.0.0.1", "-p", str(self.port)),
+        ]
+        self._log = log.open("wb")
+        self.process = subprocess.Popen(
+            argv,
+            env=dict(env),
+            cwd=PROJECT_ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def query(self, text: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        body = json.dumps({"query": text, "variables": dict(variables or {})}).encode()
+        request = urllib.request.Request(
+            f"{self.base}/graphql", data=body, headers={"Content-Type": "application/json"}
+        )
+        with _opener().open(request, timeout=60) as response:
+            payload = json.loads(response.read())
+        assert "errors" not in payload, payload["errors"]
+        return payload["data"]  # type: ignore[no-any-return]
+
+    def wait_until_loaded(self) -> dict[str, Any]:
+        """Poll /server_info, then the workspace until the code location has loaded (or failed)."""
+        deadline = time.monotonic() + STARTUP_S
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"webserver exited: {self.process.returncode}"
+            try:
+                with _opener().open(f"{self.base}/server_info", timeout=5) as response:
+                    json.loads(response.read())
+                entries = self.query(WORKSPACE)["workspaceOrError"]["locationEntries"]
+                if entries and all(entry["loadStatus"] == "LOADED" for entry in entries):
+                    return entries[0]  # type: ignore[no-any-return]
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"the webserver did not load its code location within {STARTUP_S} s")
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def webserver(env: Mapping[str, str], log: Path) -> Iterator[Webserver]:
+    server = Webserver(env, log)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+WORKSPACE = """
+{ workspaceOrError { __typename ... on Workspace { locationEntries {
+    name loadStatus
+    locationOrLoadError { __typename ... on PythonError { message causes { message } } }
+} } } }
+"""
+
+RUNS = """
+{ runsOrError { __typename ... on Runs { results { runId status tags { key value } } } } }
+"""
+
+SHARDS = """
+{ assetNodeOrError(assetKey: {path: ["image_shards"]}) { __typename ... on AssetNode {
+    partitionKeys
+    partitionStats { numMaterialized numPartitions numFailed numMaterializing }
+    assetPartitionStatuses { __typename ... on DefaultPartitionStatuses {
+        materializedPartitions failedPartitions unmaterializedPartitions materializingPartitions } }
+    latestMaterializationByPartition(partitions: ["00000"]) {
+        partition metadataEntries { label ... on FloatMetadataEntry { floatValue } } }
+} } }
+"""
+
+CARD = """
+{ assetOrError(assetKey: {path: ["dataset_card"]}) { __typename ... on Asset {
+    assetMaterializations(limit: 1) { runId metadataEntries {
+        __typename label ... on MarkdownMetadataEntry { mdStr } } }
+} } }
+"""
+
+
+def _break_shard(paths: DemoPaths, key: str) -> int:
+    """Make every URL of shard ``key`` a 404 and remove its files, so that it is fetched again."""
+    spec = load_spec(paths.spec)
+    urls = pq.read_table(Path(spec.shard_inputs_folder) / f"{key}.parquet").column("fetch_url").to_pylist()
+    hidden = paths.root / "hidden_images"
+    hidden.mkdir()
+    moved = 0
+    for url in urls:
+        route, _, name = urlsplit(url).path.rpartition("/")
+        if route == "/img" and (paths.images / name).exists():
+            (paths.images / name).rename(hidden / name)
+            moved += 1
+    for path in paths.dataset.glob(f"{key}*"):
+        path.unlink()
+    return moved
+
+
+def test_the_ui_shows_the_demo_runs_partitions_card_and_a_failed_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    paths = DemoPaths(tmp_path / "demo_output")
+    config = ServerConfig(latency_s=(0.001, 0.005), max_lifetime_s=WEBSERVER_LIFETIME_S)
+    with ImageServer(root=paths.images, config=config) as server:
+        prepare_demo(paths, server, 100)
+        spec = yaml.safe_load(paths.spec.read_text())
+        spec.update(number_sample_per_shard=SHARD_ROWS, processes_count=1)
+        paths.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
+        monkeypatch.setenv("DAGSTER_HOME", str(paths.dagster_home))
+        monkeypatch.setenv("DATASET_SPEC", str(paths.spec))
+
+        outcome = build_dataset(run_config=QUIET_CONSOLE)  # what the demo runs, on its instance
+        assert outcome.checks_passed, outcome.failed_checks
+        assert outcome.shards == 4 and outcome.images == 100
+        # Dagster's event stream went to the demo's log file, not to the terminal.
+        assert " - DEBUG - " not in capfd.readouterr().err
+        events = paths.log_file.read_text()
+        assert "RUN_START" in events and "STEP_SUCCESS" in events and "DEBUG" in events
+
+        # The shard's host is down: a re-run of its partition stores nothing.
+        assert _break_shard(paths, BROKEN) == SHARD_ROWS
+        from dataset_assets.definitions import defs as load_defs
+
+        with dg.DagsterInstance.get() as instance:
+            job = load_defs().resolve_implicit_global_asset_job_def()
+            result = job.execute_in_process(
+                instance=instance,
+                asset_selection=DOWNLOAD,
+                partition_key=BROKEN,
+                raise_on_error=False,
+                run_config=QUIET_CONSOLE,
+            )
+        assert not result.success
+        stats = json.loads((paths.dataset / f"{BROKEN}_stats.json").read_text())
+        assert stats["successes"] == 0 and stats["count"] == SHARD_ROWS
+
+    # The demo's image server is gone; the UI reads the instance and the files only.
+    env = {**os.environ, "DAGSTER_HOME": str(paths.dagster_home), "DATASET_SPEC": str(paths.spec)}
+    with webserver(env, tmp_path / "webserver.log") as ui:
+        location = ui.wait_until_loaded()
+        assert location["locationOrLoadError"]["__typename"] == "RepositoryLocation", location
+
+        runs = ui.query(RUNS)["runsOrError"]
+        assert runs["__typename"] == "Runs"
+        statuses = sorted(run["status"] for run in runs["results"])
+        # ingest, the four shards as one backfill-style run, verify + publish, the broken re-run
+        assert statuses == ["FAILURE", "SUCCESS", "SUCCESS", "SUCCESS"], statuses
+        failed_run = next(run for run in runs["results"] if run["status"] == "FAILURE")
+        assert {"key": "dagster/partition", "value": BROKEN} in failed_run["tags"]
+
+        node = ui.query(SHARDS)["assetNodeOrError"]
+        assert node["__typename"] == "AssetNode"
+        assert node["partitionKeys"] == ["00000", "00001", "00002", "00003"]
+        partitions = node["assetPartitionStatuses"]
+        assert partitions["__typename"] == "DefaultPartitionStatuses"
+        assert BROKEN not in partitions["materializedPartitions"]
+        assert partitions["failedPartitions"] == [BROKEN]
+        assert partitions["materializedPartitions"] == ["00000", "00002", "00003"]
+        assert node["partitionStats"]["numPartitions"] == 4
+        assert node["partitionStats"]["numFailed"] == 1
+        latest = node["latestMaterializationByPartition"]
+        assert [event["partition"] for event in latest] == ["00000"]
+        rate = {entry["label"]: entry.get("floatValue") for entry in latest[0]["metadataEntries"]}
+        assert rate["success_rate"] == 1.0
+
+        card = ui.query(CARD)["assetOrError"]
+        assert card["__typename"] == "Asset"
+        [materialization] = card["assetMaterializations"]
+        entries = materialization["metadataEntries"]
+        markdown = [e["mdStr"] for e in entries if e["__typename"] == "MarkdownMetadataEntry"]
+        assert markdown and spec["card_title"] in markdown[0]
+
+
+def test_the_ui_says_what_to_set_without_a_spec(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATASET_SPEC", "DAGSTER_HOME")}
+    home = tmp_path / "home"
+    home.mkdir()
+    env["DAGSTER_HOME"] = str(home)  # a persistent instance of its own, never the user's
+    with webserver(env, tmp_path / "webserver.log") as ui:
+        location = ui.wait_until_loaded()
+    error = location["locationOrLoadError"]
+    assert error["__typename"] == "PythonError", error
+    text = " ".join([error["message"], *(cause["message"] for cause in error["causes"])])
+    assert "DATASET_SPEC is not set" in text
+    assert "DAGSTER_HOME" in text and "python -m dataset_assets.demo --ui" in text
