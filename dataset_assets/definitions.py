@@ -1,7 +1,9 @@
 """The code location: every asset, check, job and schedule, bound to the dataset spec.
 
 The spec comes from the YAML file named by ``DATASET_SPEC`` (required: an unset variable is a
-load error that says so, in the UI too); keys that are not fixed per dataset can be overridden
+load error that says so, in the UI too, with the demo's command); under ``dagster dev`` without
+``DAGSTER_HOME`` every asset's description starts by saying that the instance is a temporary,
+empty one; keys that are not fixed per dataset can be overridden
 per run under ``resources.dataset.config``. Loading is lazy (``@dg.definitions``): importing
 this module reads no spec, so tools and tests import it freely. ``s3://`` locations in
 the spec are reached with the ``s3`` resource, read from the standard AWS environment variables
