@@ -1,7 +1,8 @@
 """The code location: every asset, check, job and schedule, bound to the dataset spec.
 
 The spec comes from the YAML file named by ``DATASET_SPEC`` (required: an unset variable is a
-load error that says so, in the UI too, with the demo's command); under ``dagster dev`` without
+load error that says so, with the demo's command; ``dagster dev`` instead shows one stand-in
+asset, ``dataset_spec_not_set``, whose description is that message); under ``dagster dev`` without
 ``DAGSTER_HOME`` every asset's description starts by saying that the instance is a temporary,
 empty one; keys that are not fixed per dataset can be overridden
 per run under ``resources.dataset.config``. Loading is lazy (``@dg.definitions``): importing
@@ -22,11 +23,11 @@ from dataset_assets.assets.shards import image_shards
 from dataset_assets.assets.urls import filtered_urls, url_shards
 from dataset_assets.resources import dataset_resource, s3_resource_from_env
 from dataset_assets.schedules import download_shards_job, resume_missing_shards
-from dataset_assets.spec import DatasetSpec, demo_hint, load_spec
+from dataset_assets.spec import SPEC_ENV, DatasetSpec, SpecError, demo_hint, load_spec
 
 # Shown at the top of every asset's description when the UI's instance is a temporary one.
 TEMPORARY_INSTANCE_NOTICE = (
-    "**DAGSTER_HOME is not set: this UI shows a temporary instance**, created empty by `dagster dev` "
+    "DAGSTER_HOME is not set: this UI shows a temporary instance, created empty by `dagster dev` "
     "(and deleted when it stops), so runs and partitions recorded elsewhere do not appear here. "
     "Restart with DAGSTER_HOME set to the instance's folder. "
 )
@@ -62,15 +63,39 @@ def temporary_instance_notice(environ: Mapping[str, str] | None = None) -> str |
     ``DAGSTER_IS_DEV_CLI``; ``DAGSTER_HOME`` is inherited as the user set it.
     """
     environ = os.environ if environ is None else environ
-    if environ.get("DAGSTER_IS_DEV_CLI") and not environ.get("DAGSTER_HOME"):
+    if _under_dagster_dev(environ) and not environ.get("DAGSTER_HOME"):
         return TEMPORARY_INSTANCE_NOTICE + demo_hint()
     return None
+
+
+def _under_dagster_dev(environ: Mapping[str, str]) -> bool:
+    return bool(environ.get("DAGSTER_IS_DEV_CLI"))
+
+
+# The one asset `dagster dev` shows when DATASET_SPEC is unset, so that the catalog and the
+# lineage say why they hold no dataset (a load error shows only under Deployment).
+SPEC_NOT_SET = "dataset_spec_not_set"
+
+
+def spec_not_set_defs(error: SpecError) -> dg.Definitions:
+    """A stand-in code location: one external asset (nothing to run) whose description is the
+    error. Only ``dagster dev`` gets it; every other loader (the CLI, ``dg check defs``, run
+    workers, tests) gets the error itself."""
+    return dg.Definitions(
+        assets=[dg.AssetSpec(SPEC_NOT_SET, group_name="setup", description=str(error), kinds={"yaml"})]
+    )
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     """The code location, for the spec named by ``DATASET_SPEC``, read when Dagster loads it."""
-    definitions = build_defs(load_spec())
+    try:
+        spec = load_spec()
+    except SpecError as error:
+        if _under_dagster_dev(os.environ) and not os.environ.get(SPEC_ENV, "").strip():
+            return spec_not_set_defs(error)
+        raise
+    definitions = build_defs(spec)
     notice = temporary_instance_notice()
     if notice:
         definitions = definitions.map_asset_specs(

@@ -97,3 +97,23 @@ def test_progress_counts_fresh_stats_files_only(tmp_path: Path) -> None:
     assert lines[0] == "image_shards: downloading 2 of 3 shards (14 rows)"
     assert len(lines) == 2 and lines[1].startswith("  shard 00002: 3/4 images | 2/3 shards, 3 images")
     assert "ETA" in lines[1]  # 10 rows of 00001 still to go
+
+
+def test_only_dagster_dev_gets_the_stand_in_without_a_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataset_assets.definitions import SPEC_NOT_SET
+    from dataset_assets.definitions import defs as load_defs
+
+    monkeypatch.delenv("DATASET_SPEC", raising=False)
+    monkeypatch.delenv("DAGSTER_IS_DEV_CLI", raising=False)
+    with pytest.raises(SpecError, match="DATASET_SPEC is not set"):
+        load_defs()  # dg check defs, the CLI, run workers: the error itself
+    monkeypatch.setenv("DAGSTER_IS_DEV_CLI", "1")
+    graph = load_defs().resolve_asset_graph()
+    [key] = graph.get_all_asset_keys()
+    assert key.to_user_string() == SPEC_NOT_SET
+    assert not graph.get(key).is_executable  # nothing to run: it only says what to set
+    assert (graph.get(key).description or "").startswith("DATASET_SPEC is not set")
+    # A spec that is set but broken is still an error, even under dagster dev.
+    monkeypatch.setenv("DATASET_SPEC", "/nonexistent/spec.yaml")
+    with pytest.raises(SpecError, match="cannot read dataset spec"):
+        load_defs()

@@ -56,21 +56,20 @@ def _opener() -> urllib.request.OpenerDirector:
 
 
 class Webserver:
-    """``dagster-webserver -m dataset_assets.definitions`` on 127.0.0.1, in its own process group."""
+    """A Dagster UI on 127.0.0.1 in its own process group: ``dagster-webserver`` or ``dagster dev``."""
 
-    def __init__(self, env: Mapping[str, str], log: Path) -> None:
+    def __init__(self, command: list[str], env: Mapping[str, str], log: Path, cwd: Path) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         argv = [
             *("timeout", "-s", "KILL", str(WEBSERVER_LIFETIME_S)),
-            *(sys.executable, "-m", "dagster_webserver", "-m", "dataset_assets.definitions"),
-            *("-h", "127.0.0.1", "-p", str(self.port)),
+            *(sys.executable, "-m", *command, "-h", "127.0.0.1", "-p", str(self.port)),
         ]
         self._log = log.open("wb")
         self.process = subprocess.Popen(
             argv,
             env=dict(env),
-            cwd=PROJECT_ROOT,
+            cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -103,20 +102,27 @@ class Webserver:
         raise AssertionError(f"the webserver did not load its code location within {STARTUP_S} s")
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
+        """SIGINT first (``dagster dev`` then stops its children and removes its temporary
+        instance), then SIGKILL for the whole group."""
+        for sig, wait_s in ((signal.SIGINT, 30), (signal.SIGKILL, 10)):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+                os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
         self._log.close()
 
 
+WEBSERVER = ["dagster_webserver", "-m", "dataset_assets.definitions"]
+
+
 @contextlib.contextmanager
-def webserver(env: Mapping[str, str], log: Path) -> Iterator[Webserver]:
-    server = Webserver(env, log)
+def webserver(
+    env: Mapping[str, str], log: Path, command: list[str] = WEBSERVER, cwd: Path = PROJECT_ROOT
+) -> Iterator[Webserver]:
+    server = Webserver(command, env, log, cwd)
     try:
         yield server
     finally:
@@ -245,8 +251,32 @@ def test_the_ui_shows_the_demo_runs_partitions_card_and_a_failed_shard(
         assert markdown and spec["card_title"] in markdown[0]
 
 
-def test_the_ui_says_what_to_set_without_a_spec(tmp_path: Path) -> None:
+NODES = """
+{ assetNodes { assetKey { path } description } }
+"""
+
+
+def test_plain_dagster_dev_says_why_it_shows_no_dataset(tmp_path: Path) -> None:
+    """`dagster dev` with neither variable, on the project's workspace.yaml: one stand-in asset
+    whose description names both variables (its temporary instance is made in ``tmp_path``)."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATASET_SPEC", "DAGSTER_HOME")}
+    command = ["dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml")]
+    with webserver(env, tmp_path / "dagster_dev.log", command, cwd=tmp_path) as ui:
+        location = ui.wait_until_loaded()
+        assert location["locationOrLoadError"]["__typename"] == "RepositoryLocation", location
+        nodes = ui.query(NODES)["assetNodes"]
+    assert [node["assetKey"]["path"] for node in nodes] == [["dataset_spec_not_set"]]
+    text = nodes[0]["description"]
+    assert text.startswith("DATASET_SPEC is not set")
+    assert "DAGSTER_HOME=$PWD/demo_output/dagster_home" in text
+    assert "python -m dataset_assets.demo --ui" in text
+    assert not list(tmp_path.glob(".tmp_dagster_home_*"))  # stopped cleanly: its temporary instance is gone
+
+
+def test_other_loaders_get_the_error_itself(tmp_path: Path) -> None:
+    """The webserver alone (as in a deployment), `dg check defs`, the CLI: a load error that says
+    what to set, never a stand-in that would pass a check."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATASET_SPEC", "DAGSTER_IS_DEV_CLI")}
     home = tmp_path / "home"
     home.mkdir()
     env["DAGSTER_HOME"] = str(home)  # a persistent instance of its own, never the user's
