@@ -1,12 +1,16 @@
-"""The demo as the UI shows it: the real webserver on the demo's instance, asked over GraphQL.
+"""The demo as the UI shows it: real Dagster UIs on loopback, asked over GraphQL.
 
-The demo's materialisation (its own inputs, spec and instance layout, on a loopback image
-server; smaller shards so that it stays quick) is followed by one shard re-run while its images
-are gone, as a user re-materialising it while its host is down. The UI must then show the runs,
-the ``image_shards`` partitions with that shard failed (a 0 % shard is never a healthy
-materialized partition), and the card's markdown on ``dataset_card``. A second webserver with no
-``DATASET_SPEC`` must say in the UI what to set. Field names are those of dagster_graphql's
-schema (``schema/roots/query.py``, ``asset_graph.py``, ``pipelines/pipeline.py``).
+* The demo's materialisation (its own inputs, spec and instance layout, on a loopback image
+  server; smaller shards so that it stays quick), then one shard re-run while its images are
+  gone, as a user re-materialising it while its host is down; then ``dagster-webserver`` on the
+  demo's instance must show the runs, the ``image_shards`` partitions with that shard failed (a
+  0 % shard is never a healthy materialized partition), and the card's markdown.
+* ``dagster dev`` with neither variable says in the catalog why it holds no dataset; other
+  loaders get the error itself.
+* ``python -m dataset_assets.demo --ui`` keeps its images served until its UI is stopped.
+
+Field names are those of dagster_graphql's schema (``schema/roots/query.py``, ``asset_graph.py``,
+``pipelines/pipeline.py``, ``external.py``).
 """
 
 from __future__ import annotations
@@ -55,25 +59,13 @@ def _opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class Webserver:
-    """A Dagster UI on 127.0.0.1 in its own process group: ``dagster-webserver`` or ``dagster dev``."""
+class UiClient:
+    """GraphQL over HTTP to a Dagster UI on 127.0.0.1, served by ``process`` (or its children)."""
 
-    def __init__(self, command: list[str], env: Mapping[str, str], log: Path, cwd: Path) -> None:
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        argv = [
-            *("timeout", "-s", "KILL", str(WEBSERVER_LIFETIME_S)),
-            *(sys.executable, "-m", *command, "-h", "127.0.0.1", "-p", str(self.port)),
-        ]
-        self._log = log.open("wb")
-        self.process = subprocess.Popen(
-            argv,
-            env=dict(env),
-            cwd=cwd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    def __init__(self, port: int, process: subprocess.Popen[bytes]) -> None:
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.process = process
 
     def query(self, text: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
         body = json.dumps({"query": text, "variables": dict(variables or {})}).encode()
@@ -100,6 +92,27 @@ class Webserver:
                 pass
             time.sleep(0.5)
         raise AssertionError(f"the webserver did not load its code location within {STARTUP_S} s")
+
+
+class Webserver(UiClient):
+    """A Dagster UI on 127.0.0.1 in its own process group: ``dagster-webserver`` or ``dagster dev``."""
+
+    def __init__(self, command: list[str], env: Mapping[str, str], log: Path, cwd: Path) -> None:
+        port = _free_port()
+        argv = [
+            *("timeout", "-s", "KILL", str(WEBSERVER_LIFETIME_S)),
+            *(sys.executable, "-m", *command, "-h", "127.0.0.1", "-p", str(port)),
+        ]
+        self._log = log.open("wb")
+        process = subprocess.Popen(
+            argv,
+            env=dict(env),
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        super().__init__(port, process)
 
     def stop(self) -> None:
         """SIGINT first (``dagster dev`` then stops its children and removes its temporary
@@ -287,3 +300,62 @@ def test_other_loaders_get_the_error_itself(tmp_path: Path) -> None:
     text = " ".join([error["message"], *(cause["message"] for cause in error["causes"])])
     assert "DATASET_SPEC is not set" in text
     assert "DAGSTER_HOME" in text and "python -m dataset_assets.demo --ui" in text
+
+
+def _wait_for_line(log: Path, prefix: str, process: subprocess.Popen[bytes], timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith(prefix):
+                return line
+        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.5)
+    raise AssertionError(f"no line starting {prefix!r} within {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with _opener().open(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def test_demo_ui_flag_serves_the_images_until_the_ui_stops(tmp_path: Path) -> None:
+    """`python -m dataset_assets.demo --ui`: the demo, then `dagster dev` on its instance with the
+    image server still up; one SIGINT to the demo stops the UI, then the image server."""
+    port = _free_port()
+    log = tmp_path / "demo.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATASET_SPEC", "DAGSTER_HOME")}
+    argv = [sys.executable, "-m", "dataset_assets.demo", "--images", "60", "--dir", str(tmp_path / "demo")]
+    argv += ["--ui", "--ui-port", str(port)]
+    with log.open("wb") as out:
+        demo = subprocess.Popen(
+            ["timeout", "-s", "KILL", str(WEBSERVER_LIFETIME_S), *argv],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        image_url = _wait_for_line(log, "serving 60 images at ", demo, 120).split()[4].rstrip(";")
+        _wait_for_line(log, "starting the UI: http://127.0.0.1:", demo, 300)
+        ui = UiClient(port, demo)  # the demo's own `dagster dev`
+        location = ui.wait_until_loaded()
+        assert location["locationOrLoadError"]["__typename"] == "RepositoryLocation", location
+        statuses = [run["status"] for run in ui.query(RUNS)["runsOrError"]["results"]]
+        assert statuses == ["SUCCESS", "SUCCESS", "SUCCESS"], statuses  # ingest, one shard, publish
+        assert _answers(f"{image_url}/img/000001.jpg")  # still served while the UI runs
+
+        os.kill(demo.pid, signal.SIGINT)  # timeout sends it on to its group, as a terminal's Ctrl-C
+        assert demo.wait(90) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(demo.pid, signal.SIGKILL)
+        demo.wait(10)
+    text = log.read_text()
+    assert "UI stopped; the image server stops now" in text
+    assert " - DEBUG - " not in text.split("starting the UI:")[0]  # events went to the log file
+    assert not _answers(f"{image_url}/img/000001.jpg")
+    assert not _answers(f"http://127.0.0.1:{port}/server_info")
