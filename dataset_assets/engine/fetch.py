@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import collections.abc
 import contextlib
 import email.utils
 import functools
@@ -54,8 +55,11 @@ MAX_THROTTLED_RETRIES = 3
 # What one worker holds in bodies (in flight and waiting for the image stage); see RequestWindow.
 MAX_HELD_BODY_BYTES = 48 * 1024 * 1024
 INITIAL_MEAN_BODY_BYTES = 1024 * 1024
-MEAN_OVER_BODIES = 256
-MEAN_PRIOR_BODIES = 16
+# The window sizes one request by the bodies of the last ESTIMATE_OVER_BODIES (see RequestWindow).
+ESTIMATE_OVER_BODIES = 256
+ESTIMATE_PRIOR_BODIES = 16  # the 1 MB guess weighs as much as this many bodies, until seen
+ESTIMATE_QUANTILE = 0.9
+ESTIMATE_EVERY = 16  # bodies between two estimates (a sort of 256 sizes)
 MIN_REQUESTS_IN_FLIGHT = 4
 PRODUCT_TOKEN = "dataset-assets"
 # img2dataset's token: we accept its command lines, and AI block lists name it.
@@ -190,15 +194,33 @@ class BodyTicket:
         self._window._record(size)
 
 
+def body_estimate(sizes: collections.abc.Collection[int]) -> float:
+    """Bytes to count for one request: the larger of the mean and the 90th percentile of
+    ``sizes``, with a 1 MB prior until enough bodies were seen.
+
+    Why not the mean alone: body sizes on image lists are heavy-tailed (thumbnails and
+    multi-megabyte PNGs), and big bodies come in runs (one host, one gallery); counting each
+    request at a high quantile keeps a run of big ones within the window, and costs nothing on
+    lists of small images, where the cap on requests binds first.
+    """
+    seen = len(sizes)
+    prior = max(0, ESTIMATE_PRIOR_BODIES - seen)
+    mean = (sum(sizes) + prior * INITIAL_MEAN_BODY_BYTES) / max(1, seen + prior)
+    if seen < ESTIMATE_PRIOR_BODIES:
+        return max(mean, float(INITIAL_MEAN_BODY_BYTES))
+    ordered = sorted(sizes)
+    return max(mean, float(ordered[min(seen - 1, int(ESTIMATE_QUANTILE * seen))]))
+
+
 class RequestWindow:
     """What bounds one worker's memory: requests in flight and body bytes not yet handed on.
 
     Why adaptive: 256 requests of 50 KB JPEGs hold 13 MB, 256 of 8 MB PNGs would hold 2 GB. The
-    number in flight is capped so that, at the mean body size, bodies in flight plus bodies
-    waiting for the image stage stay within ``max_bytes``; bodies count as they arrive (see
-    :class:`BodyTicket`). The mean is that of the last ``MEAN_OVER_BODIES`` bodies, exactly: on
-    a list where 30 % are 5 MB PNGs a moving average that favours recent bodies dropped to a
-    tenth of the true mean after a run of small JPEGs, and let five times too many requests in.
+    number in flight is capped so that bodies in flight plus bodies waiting for the image stage
+    stay within ``max_bytes``; bodies count as they arrive (see :class:`BodyTicket`). A request
+    is counted at :func:`body_estimate` of recent bodies, not at their mean: on a list where
+    30 % are 5 MB PNGs, the mean (1.5 MB) let 32 requests in, and when most of them were PNGs
+    they landed 150 MB over the window.
     Waiting here happens before a request's deadline starts, like waiting for a host's turn.
     Waiters are woken in order, one per free place (a condition variable would wake them all
     on every request).
@@ -209,8 +231,9 @@ class RequestWindow:
         self._max_bytes = max_bytes
         self._in_flight = 0
         self._held_bytes = 0
-        self._recent: collections.deque[int] = collections.deque(maxlen=MEAN_OVER_BODIES)
-        self._recent_sum = 0
+        self._recent: collections.deque[int] = collections.deque(maxlen=ESTIMATE_OVER_BODIES)
+        self._since_estimate = 0
+        self._per_request = float(INITIAL_MEAN_BODY_BYTES)
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     @property
@@ -218,21 +241,20 @@ class RequestWindow:
         return self._held_bytes
 
     @property
-    def mean_body(self) -> float:
-        """The mean of recent bodies; a 1 MB prior weighs in until enough bodies were seen."""
-        seen = len(self._recent)
-        prior = max(0, MEAN_PRIOR_BODIES - seen)
-        return (self._recent_sum + prior * INITIAL_MEAN_BODY_BYTES) / max(1, seen + prior)
+    def per_request_bytes(self) -> float:
+        """What the window counts one request in flight to bring."""
+        return self._per_request
 
     def _record(self, size: int) -> None:
-        if len(self._recent) == self._recent.maxlen:
-            self._recent_sum -= self._recent[0]
         self._recent.append(max(size, 1))
-        self._recent_sum += max(size, 1)
+        self._since_estimate += 1
+        if self._since_estimate >= ESTIMATE_EVERY or len(self._recent) < ESTIMATE_EVERY:
+            self._since_estimate = 0
+            self._per_request = body_estimate(self._recent)
 
     def _has_room(self) -> bool:
         room = self._max_bytes - self._held_bytes
-        limit = min(self._max_requests, max(MIN_REQUESTS_IN_FLIGHT, int(room // self.mean_body)))
+        limit = min(self._max_requests, max(MIN_REQUESTS_IN_FLIGHT, int(room // self._per_request)))
         return self._in_flight < limit and self._held_bytes < self._max_bytes
 
     @contextlib.asynccontextmanager

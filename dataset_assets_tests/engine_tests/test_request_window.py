@@ -1,4 +1,4 @@
-"""The request window counts a body from its headers on, and its mean is the true mean.
+"""The request window counts a body from its headers on, and a request as a big body.
 
 A window that learned a body's size only once it was complete let the requests already in
 flight land on a full window: on a list with 30 % 5 MB PNGs a worker held 300 MB of bodies.
@@ -10,7 +10,13 @@ import asyncio
 
 import pytest
 
-from dataset_assets.engine.fetch import MEAN_OVER_BODIES, Fetcher, FetchError, RequestWindow
+from dataset_assets.engine.fetch import (
+    ESTIMATE_OVER_BODIES,
+    Fetcher,
+    FetchError,
+    RequestWindow,
+    body_estimate,
+)
 from dataset_assets_tests.conftest import local_options
 from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
@@ -48,13 +54,32 @@ def test_a_body_counts_while_it_arrives_and_leaves_when_its_request_fails() -> N
     assert released == 0
 
 
-def test_the_mean_is_that_of_recent_bodies_whatever_their_order() -> None:
+def test_a_request_counts_as_a_big_body_when_big_bodies_are_common() -> None:
     window = RequestWindow(max_requests=256, max_bytes=48 << 20)
     sizes = [5_000_000] * 30 + [50_000] * 70  # the large ones first, then a run of small ones
     for size in sizes:
         window._record(size)
-    true_mean = sum(sizes) / len(sizes)
-    assert window.mean_body == pytest.approx(true_mean, rel=0.01)
-    for _ in range(MEAN_OVER_BODIES):
+    # Counted at the mean (1.5 MB), 32 requests would be let in: 150 MB if they were PNGs.
+    assert window.per_request_bytes == 5_000_000
+    admitted = 0
+    while window._has_room():
+        window._in_flight += 1
+        admitted += 1
+    assert admitted == (48 << 20) // 5_000_000
+    window._in_flight = 0
+    # A list of small images is not held back: the cap on requests binds, not the bytes.
+    for _ in range(ESTIMATE_OVER_BODIES):
         window._record(50_000)
-    assert window.mean_body == pytest.approx(50_000)  # and it forgets bodies older than its span
+    assert body_estimate([50_000] * 256) == window.per_request_bytes == 50_000
+    admitted = 0
+    while window._has_room():
+        window._in_flight += 1
+        admitted += 1
+    assert admitted == 256
+
+
+def test_the_estimate_starts_at_a_megabyte_and_follows_the_bodies() -> None:
+    assert body_estimate([]) == 1024 * 1024
+    assert body_estimate([10_000] * 4) == 1024 * 1024  # four small bodies prove little
+    assert body_estimate([10_000] * 100) == 10_000
+    assert body_estimate([10_000] * 80 + [900_000] * 20) == 900_000  # the 90th percentile
