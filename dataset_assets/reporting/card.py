@@ -7,6 +7,8 @@ which opt-outs were honoured, and what the images look like.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import datetime as dt
 import json
 from collections import Counter
@@ -19,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from dataset_assets import catalogue
 from dataset_assets.engine.consent import SIGNALS
 from dataset_assets.engine.fetch import user_agent
 from dataset_assets.engine.options import DownloadOptions
@@ -26,9 +29,20 @@ from dataset_assets.engine.shards.formats import ShardReadError
 from dataset_assets.engine.shards.layout import parquet_name, stats_name
 from dataset_assets.engine.shards.registry import shard_format
 from dataset_assets.engine.stats import SHORT_SIDE_BUCKETS, short_side_bucket
-from dataset_assets.io.storage import OutputFolder
+from dataset_assets.io.storage import OutputFolder, StorageOptions
 from dataset_assets.reporting.charts import Chart, column_chart, grouped, row_chart
+from dataset_assets.reporting.frontmatter import front_matter, size_category, split_front_matter
 from dataset_assets.reporting.markdown import inert
+from dataset_assets.reporting.provenance import (
+    CrawlWindow,
+    InputDigest,
+    code_version,
+    input_digest,
+    rows_fingerprint,
+    spec_hash,
+    utc,
+)
+from dataset_assets.reporting.sample_schema import schema_section
 
 CARD_NAME = "DATASET_CARD.md"
 GRID_NAME = "DATASET_CARD_samples.jpg"
@@ -38,6 +52,8 @@ THUMB = 96
 GRID_COLUMNS = 8
 GRID_ROWS = 4
 SIZE_BUCKETS = SHORT_SIDE_BUCKETS
+SPEC_HEADING = "Appendix: spec"
+SPEC_ANCHOR = "appendix-spec"  # the heading's anchor on Hugging Face and GitHub
 # The option that turns each signal's check on (a true value = checked). An option this
 # version does not declare counts as on: each is on by default where it exists.
 SIGNAL_OPTIONS = {
@@ -63,14 +79,27 @@ class CardInputs:
     filter_report: dict[str, Any] | None = None
     verification: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # How to read the spec's url_list (remote lists), to hash it for the Provenance section.
+    input_storage_options: StorageOptions | None = None
 
 
 @dataclass
 class Card:
+    """``markdown``: the whole DATASET_CARD.md, YAML front matter first."""
+
     markdown: str
     grid_jpeg: bytes | None
     totals: dict[str, float]
     charts: list[Chart] = field(default_factory=list)
+
+
+@dataclass
+class _Provenance:
+    """What the shards' stats say about their build: when it ran and from which rows."""
+
+    window: CrawlWindow = field(default_factory=CrawlWindow)
+    fingerprints: list[tuple[str, str]] = field(default_factory=list)
+    parquet_schema: pa.Schema | None = None
 
 
 @dataclass
@@ -104,6 +133,7 @@ def build_card(output_folder: str | OutputFolder, inputs: CardInputs) -> Card:
     totals = Counter({"shards": 0, "rows": 0, "successes": 0, "bytes_written": 0})
     short_sides: Counter[int] = Counter()
     series = _ShardSeries()
+    provenance = _Provenance()
     for shard in inputs.shard_keys:
         try:
             stats = output.read_json(stats_name(shard))
@@ -118,11 +148,51 @@ def build_card(output_folder: str | OutputFolder, inputs: CardInputs) -> Card:
         statuses.update(shard_statuses)
         opt_outs.update(shard_opt_outs)
         short_sides.update(_short_sides(output, shard, stats, inputs.options))
+        _observe(provenance, output, shard, stats, inputs.options)
     grid = _thumbnail_grid(output, inputs)
     rate = totals["successes"] / totals["rows"] if totals["rows"] else 0.0
     charts = _charts(series, statuses, short_sides)
-    markdown = _render(inputs, totals, rate, statuses, opt_outs, short_sides, grid is not None, charts)
+    body = _render(
+        inputs, totals, rate, statuses, opt_outs, short_sides, grid is not None, charts, provenance
+    )
+    markdown = f"{_front_matter(inputs, totals)}\n\n{body}"
     return Card(markdown, grid, {**totals, "success_rate": rate}, charts)
+
+
+def _observe(
+    provenance: _Provenance, output: OutputFolder, shard: str, stats: dict[str, Any], options: DownloadOptions
+) -> None:
+    """Fold one shard's times and input fingerprint in; read the first parquet's schema (a footer)."""
+    # An older or hand-edited stats file: the window says what the others recorded.
+    with contextlib.suppress(TypeError, ValueError):
+        provenance.window.add(float(stats.get("start_time") or 0), float(stats.get("end_time") or 0))
+    fingerprint = stats.get("input_fingerprint")
+    if isinstance(fingerprint, str) and fingerprint:
+        provenance.fingerprints.append((shard, fingerprint))
+    if provenance.parquet_schema is None and shard_format(options.output_format).writes_parquet:
+        try:
+            with output.fs.open(output.path(parquet_name(shard)), "rb") as handle:
+                provenance.parquet_schema = pq.read_schema(handle).remove_metadata()
+        except (OSError, ValueError, pa.ArrowException):
+            pass
+
+
+def spec_setting(spec: dict[str, Any], name: str) -> Any:
+    """A card option from the spec shown on the card, else its declared default (declared once)."""
+    return spec[name] if name in spec else catalogue.by_name()[name].default("spec")
+
+
+def _front_matter(inputs: CardInputs, totals: Counter[str]) -> str:
+    """Hugging Face's dataset-card metadata; every value from the spec is quoted by the emitter."""
+    return front_matter(
+        {
+            "pretty_name": inputs.title,
+            "license": spec_setting(inputs.spec, "card_license"),
+            "task_categories": list(spec_setting(inputs.spec, "card_task_categories")),
+            "size_categories": [size_category(int(totals["successes"]))],
+            "tags": list(spec_setting(inputs.spec, "card_tags")),
+        }
+    )
 
 
 def _charts(series: _ShardSeries, statuses: Counter[str], short_sides: Counter[int]) -> list[Chart]:
@@ -215,6 +285,37 @@ def write_card(output_folder: str | OutputFolder, card: Card) -> list[str]:
     return paths
 
 
+def card_images(card: Card) -> dict[str, tuple[str, bytes]]:
+    """The files the card links, by the name it links them under: (MIME type, bytes)."""
+    images = {CHART_NAME.format(chart.name): ("image/png", chart.png) for chart in card.charts}
+    if card.grid_jpeg is not None:
+        images[GRID_NAME] = ("image/jpeg", card.grid_jpeg)
+    return images
+
+
+def ui_markdown(card: Card) -> str:
+    """The card as Dagster's asset page shows it: images inlined, front matter as a code block.
+
+    The page has no folder to resolve ``DATASET_CARD_*.png`` against, so each linked image is
+    inlined as a data URI (here only; the file on disk keeps its links). The page's renderer
+    does not know front matter and would show the YAML as a paragraph above the title, so it
+    becomes a fenced block near the end, before the spec: still there to review before
+    publishing (licence, size category), without pushing the totals down.
+    """
+    meta, body = split_front_matter(card.markdown)
+    for name, (mime, data) in card_images(card).items():
+        body = body.replace(f"]({name})", f"](data:{mime};base64,{base64.b64encode(data).decode()})")
+    if meta is None:
+        return body
+    block = (
+        f"## Hugging Face metadata\n\n{CARD_NAME} starts with this front matter, which the Hugging "
+        f"Face Hub reads:\n\n```yaml\n{meta}\n```\n\n"
+    )
+    heading = f"## {SPEC_HEADING}"
+    at = body.rfind(f"\n{heading}\n")
+    return body[: at + 1] + block + body[at + 1 :] if at >= 0 else f"{body.rstrip()}\n\n{block}"
+
+
 def _render(
     inputs: CardInputs,
     totals: Counter[str],
@@ -224,14 +325,19 @@ def _render(
     short_sides: Counter[int],
     has_grid: bool,
     charts: list[Chart],
+    provenance: _Provenance,
 ) -> str:
+    """The card below its front matter: what a reader needs first (totals, pictures) at the top,
+    the full spec at the end."""
     options = inputs.options
     consent, opted_out = _consent(inputs, opt_outs)
     lines = [
         f"# {inert(inputs.title)}",
         "",
-        f"Built {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} by dataset_assets from "
-        f"{inert(inputs.spec.get('url_list'))}.",
+        f"{totals['successes']} images from {totals['rows']} input rows ({rate:.1%} stored), built "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} by dataset_assets from "
+        f"{inert(inputs.spec.get('url_list'))}. Limitations, consent and contact are below; the "
+        f"full spec is in the [appendix](#{SPEC_ANCHOR}).",
         "",
         "## Totals",
         "",
@@ -250,6 +356,10 @@ def _render(
         lines += ["## At a glance", ""]
         lines += [f"![{chart.title}]({CHART_NAME.format(chart.name)})" for chart in charts]
         lines.append("")
+    if has_grid:
+        lines += ["## Samples", "", f"![samples]({GRID_NAME})", ""]
+    lines += _provenance(inputs, provenance)
+    lines += schema_section(options, provenance.parquet_schema)
     if inputs.filter_report:
         report = inputs.filter_report
         lines += ["## URL-list filtering", "", "| rule | rows removed |", "|---|---|"]
@@ -273,20 +383,166 @@ def _render(
         f" total deadline {options.timeout:g}s per request",
         "",
         *consent,
-        "## Licence",
-        "",
-        "The images remain the property of their owners; this dataset stores URLs, captions and",
-        "resized copies for research use. Check the source terms before redistributing, and honour",
-        "removal requests by deleting the rows by key.",
-        "",
+        *_licence(inputs),
+        *_limitations(inputs, totals, rate, statuses, provenance),
+        *_contact(inputs),
     ]
-    if has_grid:
-        lines += ["## Samples", "", f"![samples]({GRID_NAME})", ""]
-    lines += ["## Spec", "", "```yaml", yaml.safe_dump(inputs.spec, sort_keys=True).rstrip(), "```", ""]
     if inputs.verification:
         failed = [n for n, c in inputs.verification.get("checks", {}).items() if not c["passed"]]
         lines += ["## Verification", "", f"Checks failed: {', '.join(failed) or 'none'}", ""]
+    lines += [
+        f"## {SPEC_HEADING}",
+        "",
+        f"The spec this dataset was built with (secrets removed; sha256 `{spec_hash(inputs.spec)}`).",
+        "",
+        "```yaml",
+        yaml.safe_dump(inputs.spec, sort_keys=True).rstrip(),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
+
+
+def _provenance(inputs: CardInputs, provenance: _Provenance) -> list[str]:
+    """Where the data came from, as hashes and times a reader can check against their copy."""
+    spec = inputs.spec
+    url_list = spec.get("url_list")
+    window = provenance.window
+    lines = ["## Provenance", "", "| | |", "|---|---|"]
+    lines.append(f"| URL list | {inert(url_list) if url_list else 'not recorded'} |")
+    if url_list:
+        lines.append(f"| URL list hash | {_input_hash(inputs, str(url_list))} |")
+    if provenance.fingerprints:
+        shards = len(provenance.fingerprints)
+        lines.append(
+            f"| planned rows fingerprint | `{rows_fingerprint(provenance.fingerprints)}` "
+            f"(blake2b of the input fingerprints {shards} shard(s) recorded) |"
+        )
+    lines += [
+        f"| spec sha256 | `{spec_hash(spec)}` (the [appendix](#{SPEC_ANCHOR})'s spec as sorted, "
+        "compact JSON) |",
+        f"| code | {inert(code_version())} (the code that wrote this card) |",
+        f"| crawl start | {utc(window.start) if window.start else 'not recorded'} |",
+        f"| crawl end | {utc(window.end) if window.end else 'not recorded'} |",
+        "",
+        "Crawl times are the earliest start and latest end recorded in the shards' stats.",
+        "",
+    ]
+    return lines
+
+
+def _input_hash(inputs: CardInputs, url_list: str) -> str:
+    try:
+        digest = input_digest(
+            url_list, str(inputs.spec.get("input_format", "txt")), inputs.input_storage_options
+        )
+    except (OSError, ValueError) as error:
+        return (
+            f"not readable now: {inert(str(error).splitlines()[0] if str(error) else type(error).__name__)}"
+        )
+    return _describe_digest(digest)
+
+
+def _describe_digest(digest: InputDigest) -> str:
+    files = f"{digest.files} file{'s' if digest.files != 1 else ''}, {digest.bytes:,} bytes"
+    if digest.kind == "listing":
+        return (
+            f"listing sha256 `{digest.digest}` ({files}: names, sizes and versions; too large to hash here)"
+        )
+    what = "of the file" if digest.files == 1 else "of the files' sha256 digests, one a line"
+    return f"sha256 `{digest.digest}` ({what}; {files}; as read when this card was written)"
+
+
+def _licence(inputs: CardInputs) -> list[str]:
+    licence = spec_setting(inputs.spec, "card_license")
+    lines = ["## Licence", ""]
+    if licence in ("other", "unknown"):
+        lines.append(
+            f"`license: {licence}`: each image keeps the licence of its source, which this build did "
+            "not check. This dataset stores URLs, captions and resized copies for research use."
+        )
+    else:
+        lines.append(
+            f"`license: {inert(licence)}` (the spec's card_license) covers this compilation: the URLs, "
+            "captions and metadata. Each image keeps the licence of its source, which this build did "
+            "not check."
+        )
+    lines += [
+        "Check the source terms before redistributing, and honour removal requests by deleting the",
+        "rows by key.",
+        "",
+    ]
+    return lines
+
+
+def _limitations(
+    inputs: CardInputs, totals: Counter[str], rate: float, statuses: Counter[str], provenance: _Provenance
+) -> list[str]:
+    """What the data is not, in this build's own figures: written from the stats, never by hand."""
+    options, spec = inputs.options, inputs.spec
+    failed = totals["rows"] - totals["successes"]
+    lines = ["## Limitations", ""]
+    if totals["rows"]:
+        reasons = [(m, n) for m, n in statuses.most_common() if m != "success"][:3]
+        main = "; ".join(f"{inert(m)}: {n} ({n / failed:.0%} of failures)" for m, n in reasons)
+        lines.append(
+            f"- {failed} of {totals['rows']} input rows ({1 - rate:.1%}) were not stored"
+            + (f". Main reasons: {main}." if main else ".")
+        )
+    missing = len(inputs.shard_keys) - totals["shards"]
+    if missing:
+        lines.append(
+            f"- {missing} of {len(inputs.shard_keys)} shards are not complete; their rows are not counted."
+        )
+    if options.caption_col:
+        lines.append(
+            "- Captions are the URL list's text (usually alt-text) as given: not filtered, checked or "
+            "corrected. They may be wrong, offensive or contain personal data."
+        )
+    else:
+        lines.append("- No captions: the URL list's text was not kept (caption_col is unset).")
+    lines.append(
+        "- Licences of the source images were not checked; see Licence. Opt-outs were read at crawl "
+        "time only: a site that opts out later is not reflected until the dataset is rebuilt."
+    )
+    lines.append(
+        f"- Images are re-encoded copies ({options.encode_format}, {options.resize_mode} to "
+        f"{options.image_size}px), not the originals; original_width and original_height keep the "
+        "downloaded sizes."
+    )
+    punsafe = spec.get("max_punsafe")
+    if punsafe is None:
+        lines.append("- No NSFW filter was applied (max_punsafe is unset): unsafe images may be included.")
+    else:
+        lines.append(
+            f"- NSFW images were removed only by the URL list's score (max_punsafe {punsafe}), a model's "
+            "estimate: some unsafe images may remain."
+        )
+    lines.append(
+        "- Duplicates were removed by normalised URL only: the same image at two URLs is kept twice."
+    )
+    if not options.bbox_col:
+        lines.append("- Faces and other personal features were not blurred (bbox_col is unset).")
+    if not provenance.window.start:
+        lines.append("- The shards' stats record no crawl times: when the images were fetched is unknown.")
+    failed_checks = [
+        n for n, c in ((inputs.verification or {}).get("checks") or {}).items() if not c.get("passed")
+    ]
+    if failed_checks:
+        lines.append(f"- Verification checks failed: {', '.join(map(inert, failed_checks))}.")
+    lines.append("")
+    return lines
+
+
+def _contact(inputs: CardInputs) -> list[str]:
+    contact = spec_setting(inputs.spec, "card_contact")
+    lines = ["## Contact", ""]
+    if contact:
+        lines.append(f"Questions and removal requests: {inert(contact)}")
+    else:
+        lines.append("No contact was given for this dataset (the spec's card_contact is unset).")
+    lines.append("")
+    return lines
 
 
 def _consent(inputs: CardInputs, opt_outs: Counter[str]) -> tuple[list[str], int]:
