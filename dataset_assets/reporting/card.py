@@ -32,7 +32,7 @@ from dataset_assets.engine.stats import SHORT_SIDE_BUCKETS, short_side_bucket
 from dataset_assets.io.storage import OutputFolder, StorageOptions
 from dataset_assets.reporting.charts import Chart, column_chart, grouped, row_chart
 from dataset_assets.reporting.frontmatter import front_matter, size_category, split_front_matter
-from dataset_assets.reporting.markdown import inert
+from dataset_assets.reporting.markdown import code_span, fenced, inert
 from dataset_assets.reporting.provenance import (
     CrawlWindow,
     InputDigest,
@@ -307,9 +307,10 @@ def ui_markdown(card: Card) -> str:
         body = body.replace(f"]({name})", f"](data:{mime};base64,{base64.b64encode(data).decode()})")
     if meta is None:
         return body
+    code = "\n".join(fenced(meta, "yaml"))
     block = (
         f"## Hugging Face metadata\n\n{CARD_NAME} starts with this front matter, which the Hugging "
-        f"Face Hub reads:\n\n```yaml\n{meta}\n```\n\n"
+        f"Face Hub reads:\n\n{code}\n\n"
     )
     heading = f"## {SPEC_HEADING}"
     at = body.rfind(f"\n{heading}\n")
@@ -336,7 +337,7 @@ def _render(
         "",
         f"{totals['successes']} images from {totals['rows']} input rows ({rate:.1%} stored), built "
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} by dataset_assets from "
-        f"{inert(inputs.spec.get('url_list'))}. Limitations, consent and contact are below; the "
+        f"{code_span(inputs.spec.get('url_list'))}. Limitations, consent and contact are below; the "
         f"full spec is in the [appendix](#{SPEC_ANCHOR}).",
         "",
         "## Totals",
@@ -395,9 +396,7 @@ def _render(
         "",
         f"The spec this dataset was built with (secrets removed; sha256 `{spec_hash(inputs.spec)}`).",
         "",
-        "```yaml",
-        yaml.safe_dump(inputs.spec, sort_keys=True).rstrip(),
-        "```",
+        *fenced(yaml.safe_dump(inputs.spec, sort_keys=True).rstrip(), "yaml"),
         "",
     ]
     return "\n".join(lines)
@@ -409,19 +408,19 @@ def _provenance(inputs: CardInputs, provenance: _Provenance) -> list[str]:
     url_list = spec.get("url_list")
     window = provenance.window
     lines = ["## Provenance", "", "| | |", "|---|---|"]
-    lines.append(f"| URL list | {inert(url_list) if url_list else 'not recorded'} |")
+    lines.append(f"| URL list | {code_span(url_list) if url_list else 'not recorded'} |")
     if url_list:
         lines.append(f"| URL list hash | {_input_hash(inputs, str(url_list))} |")
     if provenance.fingerprints:
         shards = len(provenance.fingerprints)
         lines.append(
             f"| planned rows fingerprint | `{rows_fingerprint(provenance.fingerprints)}` "
-            f"(blake2b of the input fingerprints {shards} shard(s) recorded) |"
+            f"(blake2b over the input fingerprints recorded by {shards} shard(s)) |"
         )
     lines += [
         f"| spec sha256 | `{spec_hash(spec)}` (the [appendix](#{SPEC_ANCHOR})'s spec as sorted, "
         "compact JSON) |",
-        f"| code | {inert(code_version())} (the code that wrote this card) |",
+        f"| code | `{code_version()}` (the code that wrote this card) |",
         f"| crawl start | {utc(window.start) if window.start else 'not recorded'} |",
         f"| crawl end | {utc(window.end) if window.end else 'not recorded'} |",
         "",
@@ -518,11 +517,25 @@ def _limitations(
             f"- NSFW images were removed only by the URL list's score (max_punsafe {punsafe}), a model's "
             "estimate: some unsafe images may remain."
         )
-    lines.append(
-        "- Duplicates were removed by normalised URL only: the same image at two URLs is kept twice."
-    )
-    if not options.bbox_col:
+    if "duplicate" in (inputs.filter_report or {}).get("removed", {}):
+        lines.append(
+            "- Duplicates were removed by normalised URL only: the same image at two URLs is kept twice."
+        )
+    else:
+        lines.append("- No de-duplication is recorded for this build (no URL-list filter report).")
+    if options.bbox_col:
+        lines.append(
+            f"- Only the boxes the URL list gives ({inert(options.bbox_col)}) were blurred: faces it "
+            "does not list are not."
+        )
+    else:
         lines.append("- Faces and other personal features were not blurred (bbox_col is unset).")
+    unchecked = [signal for signal in SIGNALS if signal != "blocklist" and not _checked(options, signal)]
+    if unchecked:
+        lines.append(
+            f"- These opt-out signals were not checked: {', '.join(unchecked)}; rows they would have "
+            "refused may be included (see Consent)."
+        )
     if not provenance.window.start:
         lines.append("- The shards' stats record no crawl times: when the images were fetched is unknown.")
     failed_checks = [
@@ -545,6 +558,11 @@ def _contact(inputs: CardInputs) -> list[str]:
     return lines
 
 
+def _checked(options: DownloadOptions, signal: str) -> bool:
+    name = SIGNAL_OPTIONS.get(signal)
+    return bool(getattr(options, name, True)) if name else True
+
+
 def _consent(inputs: CardInputs, opt_outs: Counter[str]) -> tuple[list[str], int]:
     """The Consent section (each signal: checked or not, rows refused) and the total refused.
 
@@ -564,8 +582,7 @@ def _consent(inputs: CardInputs, opt_outs: Counter[str]) -> tuple[list[str], int
     ]
     total = 0
     for signal, where in SIGNALS.items():
-        name = SIGNAL_OPTIONS.get(signal)
-        checked = bool(getattr(options, name, True)) if name else True
+        checked = _checked(options, signal)
         refused = int(opt_outs.get(signal, 0))
         before = int(removed.get(PLANNER_RULES.get(signal, ""), 0))
         total += refused + before

@@ -14,7 +14,7 @@ import pyarrow as pa
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.shards.layout import column_doc, image_column, metadata_schema, parquet_schema
 from dataset_assets.engine.shards.registry import shard_format
-from dataset_assets.reporting.markdown import inert
+from dataset_assets.reporting.markdown import code_span, inert
 
 EXAMPLE_SHARD = "00000"
 
@@ -48,7 +48,7 @@ def _members(options: DownloadOptions) -> str:
     fmt = shard_format(options.output_format)
     ext = options.encode_format
     container = fmt.container(EXAMPLE_SHARD)
-    caption = ", `{key}.txt` (the caption)" if options.caption_col else ""
+    caption = " and `{key}.txt` (the caption)" if options.caption_col else ""
     if fmt.name == "tfrecord":
         txt = ", `txt` (the caption)" if options.caption_col else ""
         return (
@@ -91,7 +91,7 @@ def schema_section(options: DownloadOptions, written: pa.Schema | None) -> list[
         arrow = "as in the URL list" if pa.types.is_null(column.type) else str(column.type)
         in_json = column.name in json_fields
         lines.append(
-            f"| `{inert(column.name)}` | {arrow} | {_json_type(column.type) if in_json else ''} "
+            f"| {code_span(column.name)} | {arrow} | {_json_type(column.type) if in_json else ''} "
             f"| {'yes' if fmt.writes_parquet else 'no'} | {'yes' if in_json else 'no'} "
             f"| {column_doc(options, column.name)} |"
         )
