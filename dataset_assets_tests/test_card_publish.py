@@ -25,6 +25,7 @@ from markdown_it import MarkdownIt
 from dataset_assets.definitions import build_defs
 from dataset_assets.engine.runner import download_shard
 from dataset_assets.partitions import shards_partitions
+from dataset_assets.reporting import provenance
 from dataset_assets.reporting.card import (
     CHART_NAME,
     GRID_NAME,
@@ -35,6 +36,7 @@ from dataset_assets.reporting.card import (
 )
 from dataset_assets.reporting.frontmatter import size_category, split_front_matter
 from dataset_assets.reporting.markdown import code_span
+from dataset_assets.reporting.provenance import InputDigest, input_digest
 from dataset_assets.spec import spec_from_mapping
 from dataset_assets_tests.conftest import local_options, rows
 from dataset_assets_tests.fakeweb.images import corpus_images
@@ -241,6 +243,28 @@ def test_old_stats_without_times_or_fingerprints_still_make_a_card(
     assert schema == set(pq.read_schema(tmp_path / "00000.parquet").names) and "jpg" in schema
     assert card.grid_jpeg is not None  # read from the parquet's image column
     assert ui_markdown(card).count("](data:image/") == len(card.charts) + 1
+
+
+def test_the_url_list_hash_is_sha256sum_or_a_listing_when_too_large(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    (folder / "a.csv").write_text("url\nhttp://127.0.0.1/a.jpg\n")
+    (folder / "b.csv").write_text("url\nhttp://127.0.0.1/b.jpg\n")
+    (folder / "notes.txt").write_text("not part of the list")
+    one = input_digest(str(folder / "a.csv"), "csv")
+    size = (folder / "a.csv").stat().st_size
+    assert one == InputDigest(1, size, "sha256", hashlib.sha256((folder / "a.csv").read_bytes()).hexdigest())
+    both = input_digest(str(folder), "csv")
+    lines = "".join(hashlib.sha256((folder / n).read_bytes()).hexdigest() + "\n" for n in ("a.csv", "b.csv"))
+    assert both == InputDigest(2, 2 * size, "sha256", hashlib.sha256(lines.encode()).hexdigest())
+
+    monkeypatch.setattr(provenance, "HASH_LIMIT_BYTES", 10)  # as if the list were 100 GB
+    listing = input_digest(str(folder), "csv")
+    assert listing.kind == "listing" and listing.files == 2 and listing.digest != both.digest
+    (folder / "b.csv").write_text("url\nhttp://127.0.0.1/changed.jpg\n")
+    assert input_digest(str(folder), "csv").digest != listing.digest  # another size: another listing
 
 
 @pytest.mark.parametrize(

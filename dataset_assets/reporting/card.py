@@ -2,7 +2,9 @@
 
 Whoever finds the shards later (a colleague, a training job's log, a data audit) should learn
 from one file where the images came from, how they were filtered and processed, what failed,
-which opt-outs were honoured, and what the images look like.
+which opt-outs were honoured, and what the images look like. It is a Hugging Face dataset
+card (YAML front matter, then markdown), so the output folder can be published as it is: the
+totals and pictures first, what explains the build (card_sections.py) next, the spec last.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from dataset_assets import catalogue
-from dataset_assets.engine.consent import SIGNALS
 from dataset_assets.engine.fetch import user_agent
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.shards.formats import ShardReadError
@@ -30,18 +30,20 @@ from dataset_assets.engine.shards.layout import parquet_name, stats_name
 from dataset_assets.engine.shards.registry import shard_format
 from dataset_assets.engine.stats import SHORT_SIDE_BUCKETS, short_side_bucket
 from dataset_assets.io.storage import OutputFolder, StorageOptions
+from dataset_assets.reporting.card_sections import (
+    SPEC_ANCHOR,
+    BuildFacts,
+    consent_section,
+    contact_section,
+    licence_section,
+    limitations_section,
+    provenance_section,
+    spec_setting,
+)
 from dataset_assets.reporting.charts import Chart, column_chart, grouped, row_chart
 from dataset_assets.reporting.frontmatter import front_matter, size_category, split_front_matter
 from dataset_assets.reporting.markdown import code_span, fenced, inert
-from dataset_assets.reporting.provenance import (
-    CrawlWindow,
-    InputDigest,
-    code_version,
-    input_digest,
-    rows_fingerprint,
-    spec_hash,
-    utc,
-)
+from dataset_assets.reporting.provenance import spec_hash
 from dataset_assets.reporting.sample_schema import schema_section
 
 CARD_NAME = "DATASET_CARD.md"
@@ -53,21 +55,6 @@ GRID_COLUMNS = 8
 GRID_ROWS = 4
 SIZE_BUCKETS = SHORT_SIDE_BUCKETS
 SPEC_HEADING = "Appendix: spec"
-SPEC_ANCHOR = "appendix-spec"  # the heading's anchor on Hugging Face and GitHub
-# The option that turns each signal's check on (a true value = checked). An option this
-# version does not declare counts as on: each is on by default where it exists.
-SIGNAL_OPTIONS = {
-    "robots.txt": "respect_robots_txt",
-    "content-signal": "respect_content_signal",
-    "content-usage": "respect_content_usage",
-    "tdmrep": "respect_tdmrep",
-    "ai.txt": "respect_ai_txt",
-    "x-robots-tag": "disallowed_header_directives",
-    "xmp-datamining": "respect_xmp_datamining",
-    "blocklist": "url_blocklist",
-}
-# The planner's rule that removes a signal's rows before sharding (counted in its report).
-PLANNER_RULES = {"blocklist": "url_blocklist"}
 
 
 @dataclass
@@ -91,15 +78,6 @@ class Card:
     grid_jpeg: bytes | None
     totals: dict[str, float]
     charts: list[Chart] = field(default_factory=list)
-
-
-@dataclass
-class _Provenance:
-    """What the shards' stats say about their build: when it ran and from which rows."""
-
-    window: CrawlWindow = field(default_factory=CrawlWindow)
-    fingerprints: list[tuple[str, str]] = field(default_factory=list)
-    parquet_schema: pa.Schema | None = None
 
 
 @dataclass
@@ -133,7 +111,7 @@ def build_card(output_folder: str | OutputFolder, inputs: CardInputs) -> Card:
     totals = Counter({"shards": 0, "rows": 0, "successes": 0, "bytes_written": 0})
     short_sides: Counter[int] = Counter()
     series = _ShardSeries()
-    provenance = _Provenance()
+    facts = BuildFacts()
     for shard in inputs.shard_keys:
         try:
             stats = output.read_json(stats_name(shard))
@@ -148,38 +126,31 @@ def build_card(output_folder: str | OutputFolder, inputs: CardInputs) -> Card:
         statuses.update(shard_statuses)
         opt_outs.update(shard_opt_outs)
         short_sides.update(_short_sides(output, shard, stats, inputs.options))
-        _observe(provenance, output, shard, stats, inputs.options)
+        _observe(facts, output, shard, stats, inputs.options)
     grid = _thumbnail_grid(output, inputs)
     rate = totals["successes"] / totals["rows"] if totals["rows"] else 0.0
     charts = _charts(series, statuses, short_sides)
-    body = _render(
-        inputs, totals, rate, statuses, opt_outs, short_sides, grid is not None, charts, provenance
-    )
+    body = _render(inputs, totals, rate, statuses, opt_outs, short_sides, grid is not None, charts, facts)
     markdown = f"{_front_matter(inputs, totals)}\n\n{body}"
     return Card(markdown, grid, {**totals, "success_rate": rate}, charts)
 
 
 def _observe(
-    provenance: _Provenance, output: OutputFolder, shard: str, stats: dict[str, Any], options: DownloadOptions
+    facts: BuildFacts, output: OutputFolder, shard: str, stats: dict[str, Any], options: DownloadOptions
 ) -> None:
     """Fold one shard's times and input fingerprint in; read the first parquet's schema (a footer)."""
     # An older or hand-edited stats file: the window says what the others recorded.
     with contextlib.suppress(TypeError, ValueError):
-        provenance.window.add(float(stats.get("start_time") or 0), float(stats.get("end_time") or 0))
+        facts.window.add(float(stats.get("start_time") or 0), float(stats.get("end_time") or 0))
     fingerprint = stats.get("input_fingerprint")
     if isinstance(fingerprint, str) and fingerprint:
-        provenance.fingerprints.append((shard, fingerprint))
-    if provenance.parquet_schema is None and shard_format(options.output_format).writes_parquet:
+        facts.fingerprints.append((shard, fingerprint))
+    if facts.parquet_schema is None and shard_format(options.output_format).writes_parquet:
         try:
             with output.fs.open(output.path(parquet_name(shard)), "rb") as handle:
-                provenance.parquet_schema = pq.read_schema(handle).remove_metadata()
+                facts.parquet_schema = pq.read_schema(handle).remove_metadata()
         except (OSError, ValueError, pa.ArrowException):
             pass
-
-
-def spec_setting(spec: dict[str, Any], name: str) -> Any:
-    """A card option from the spec shown on the card, else its declared default (declared once)."""
-    return spec[name] if name in spec else catalogue.by_name()[name].default("spec")
 
 
 def _front_matter(inputs: CardInputs, totals: Counter[str]) -> str:
@@ -326,12 +297,12 @@ def _render(
     short_sides: Counter[int],
     has_grid: bool,
     charts: list[Chart],
-    provenance: _Provenance,
+    facts: BuildFacts,
 ) -> str:
     """The card below its front matter: what a reader needs first (totals, pictures) at the top,
     the full spec at the end."""
     options = inputs.options
-    consent, opted_out = _consent(inputs, opt_outs)
+    consent, opted_out = consent_section(inputs, opt_outs)
     lines = [
         f"# {inert(inputs.title)}",
         "",
@@ -359,8 +330,8 @@ def _render(
         lines.append("")
     if has_grid:
         lines += ["## Samples", "", f"![samples]({GRID_NAME})", ""]
-    lines += _provenance(inputs, provenance)
-    lines += schema_section(options, provenance.parquet_schema)
+    lines += provenance_section(inputs, facts)
+    lines += schema_section(options, facts.parquet_schema)
     if inputs.filter_report:
         report = inputs.filter_report
         lines += ["## URL-list filtering", "", "| rule | rows removed |", "|---|---|"]
@@ -384,9 +355,9 @@ def _render(
         f" total deadline {options.timeout:g}s per request",
         "",
         *consent,
-        *_licence(inputs),
-        *_limitations(inputs, totals, rate, statuses, provenance),
-        *_contact(inputs),
+        *licence_section(inputs),
+        *limitations_section(inputs, totals, rate, statuses, facts),
+        *contact_section(inputs),
     ]
     if inputs.verification:
         failed = [n for n, c in inputs.verification.get("checks", {}).items() if not c["passed"]]
@@ -400,202 +371,6 @@ def _render(
         "",
     ]
     return "\n".join(lines)
-
-
-def _provenance(inputs: CardInputs, provenance: _Provenance) -> list[str]:
-    """Where the data came from, as hashes and times a reader can check against their copy."""
-    spec = inputs.spec
-    url_list = spec.get("url_list")
-    window = provenance.window
-    lines = ["## Provenance", "", "| | |", "|---|---|"]
-    lines.append(f"| URL list | {code_span(url_list) if url_list else 'not recorded'} |")
-    if url_list:
-        lines.append(f"| URL list hash | {_input_hash(inputs, str(url_list))} |")
-    if provenance.fingerprints:
-        shards = len(provenance.fingerprints)
-        lines.append(
-            f"| planned rows fingerprint | `{rows_fingerprint(provenance.fingerprints)}` "
-            f"(blake2b over the input fingerprints recorded by {shards} shard(s)) |"
-        )
-    lines += [
-        f"| spec sha256 | `{spec_hash(spec)}` (the [appendix](#{SPEC_ANCHOR})'s spec as sorted, "
-        "compact JSON) |",
-        f"| code | `{code_version()}` (the code that wrote this card) |",
-        f"| crawl start | {utc(window.start) if window.start else 'not recorded'} |",
-        f"| crawl end | {utc(window.end) if window.end else 'not recorded'} |",
-        "",
-        "Crawl times are the earliest start and latest end recorded in the shards' stats.",
-        "",
-    ]
-    return lines
-
-
-def _input_hash(inputs: CardInputs, url_list: str) -> str:
-    try:
-        digest = input_digest(
-            url_list, str(inputs.spec.get("input_format", "txt")), inputs.input_storage_options
-        )
-    except (OSError, ValueError) as error:
-        return (
-            f"not readable now: {inert(str(error).splitlines()[0] if str(error) else type(error).__name__)}"
-        )
-    return _describe_digest(digest)
-
-
-def _describe_digest(digest: InputDigest) -> str:
-    files = f"{digest.files} file{'s' if digest.files != 1 else ''}, {digest.bytes:,} bytes"
-    if digest.kind == "listing":
-        return (
-            f"listing sha256 `{digest.digest}` ({files}: names, sizes and versions; too large to hash here)"
-        )
-    what = "of the file" if digest.files == 1 else "of the files' sha256 digests, one a line"
-    return f"sha256 `{digest.digest}` ({what}; {files}; as read when this card was written)"
-
-
-def _licence(inputs: CardInputs) -> list[str]:
-    licence = spec_setting(inputs.spec, "card_license")
-    lines = ["## Licence", ""]
-    if licence in ("other", "unknown"):
-        lines.append(
-            f"`license: {licence}`: each image keeps the licence of its source, which this build did "
-            "not check. This dataset stores URLs, captions and resized copies for research use."
-        )
-    else:
-        lines.append(
-            f"`license: {inert(licence)}` (the spec's card_license) covers this compilation: the URLs, "
-            "captions and metadata. Each image keeps the licence of its source, which this build did "
-            "not check."
-        )
-    lines += [
-        "Check the source terms before redistributing, and honour removal requests by deleting the",
-        "rows by key.",
-        "",
-    ]
-    return lines
-
-
-def _limitations(
-    inputs: CardInputs, totals: Counter[str], rate: float, statuses: Counter[str], provenance: _Provenance
-) -> list[str]:
-    """What the data is not, in this build's own figures: written from the stats, never by hand."""
-    options, spec = inputs.options, inputs.spec
-    failed = totals["rows"] - totals["successes"]
-    lines = ["## Limitations", ""]
-    if totals["rows"]:
-        reasons = [(m, n) for m, n in statuses.most_common() if m != "success"][:3]
-        main = "; ".join(f"{inert(m)}: {n} ({n / failed:.0%} of failures)" for m, n in reasons)
-        lines.append(
-            f"- {failed} of {totals['rows']} input rows ({1 - rate:.1%}) were not stored"
-            + (f". Main reasons: {main}." if main else ".")
-        )
-    missing = len(inputs.shard_keys) - totals["shards"]
-    if missing:
-        lines.append(
-            f"- {missing} of {len(inputs.shard_keys)} shards are not complete; their rows are not counted."
-        )
-    if options.caption_col:
-        lines.append(
-            "- Captions are the URL list's text (usually alt-text) as given: not filtered, checked or "
-            "corrected. They may be wrong, offensive or contain personal data."
-        )
-    else:
-        lines.append("- No captions: the URL list's text was not kept (caption_col is unset).")
-    lines.append(
-        "- Licences of the source images were not checked; see Licence. Opt-outs were read at crawl "
-        "time only: a site that opts out later is not reflected until the dataset is rebuilt."
-    )
-    lines.append(
-        f"- Images are re-encoded copies ({options.encode_format}, {options.resize_mode} to "
-        f"{options.image_size}px), not the originals; original_width and original_height keep the "
-        "downloaded sizes."
-    )
-    punsafe = spec.get("max_punsafe")
-    if punsafe is None:
-        lines.append("- No NSFW filter was applied (max_punsafe is unset): unsafe images may be included.")
-    else:
-        lines.append(
-            f"- NSFW images were removed only by the URL list's score (max_punsafe {punsafe}), a model's "
-            "estimate: some unsafe images may remain."
-        )
-    if "duplicate" in (inputs.filter_report or {}).get("removed", {}):
-        lines.append(
-            "- Duplicates were removed by normalised URL only: the same image at two URLs is kept twice."
-        )
-    else:
-        lines.append("- No de-duplication is recorded for this build (no URL-list filter report).")
-    if options.bbox_col:
-        lines.append(
-            f"- Only the boxes the URL list gives ({inert(options.bbox_col)}) were blurred: faces it "
-            "does not list are not."
-        )
-    else:
-        lines.append("- Faces and other personal features were not blurred (bbox_col is unset).")
-    unchecked = [signal for signal in SIGNALS if signal != "blocklist" and not _checked(options, signal)]
-    if unchecked:
-        lines.append(
-            f"- These opt-out signals were not checked: {', '.join(unchecked)}; rows they would have "
-            "refused may be included (see Consent)."
-        )
-    if not provenance.window.start:
-        lines.append("- The shards' stats record no crawl times: when the images were fetched is unknown.")
-    failed_checks = [
-        n for n, c in ((inputs.verification or {}).get("checks") or {}).items() if not c.get("passed")
-    ]
-    if failed_checks:
-        lines.append(f"- Verification checks failed: {', '.join(map(inert, failed_checks))}.")
-    lines.append("")
-    return lines
-
-
-def _contact(inputs: CardInputs) -> list[str]:
-    contact = spec_setting(inputs.spec, "card_contact")
-    lines = ["## Contact", ""]
-    if contact:
-        lines.append(f"Questions and removal requests: {inert(contact)}")
-    else:
-        lines.append("No contact was given for this dataset (the spec's card_contact is unset).")
-    lines.append("")
-    return lines
-
-
-def _checked(options: DownloadOptions, signal: str) -> bool:
-    name = SIGNAL_OPTIONS.get(signal)
-    return bool(getattr(options, name, True)) if name else True
-
-
-def _consent(inputs: CardInputs, opt_outs: Counter[str]) -> tuple[list[str], int]:
-    """The Consent section (each signal: checked or not, rows refused) and the total refused.
-
-    Rows a signal refused at download time come from the shards' ``opt_outs``; rows the planner
-    removed for it before sharding (the url_blocklist) from the filter report. Outages (an
-    unreachable robots.txt) are failures, never opt-outs, and are not counted here.
-    """
-    options = inputs.options
-    removed = (inputs.filter_report or {}).get("removed", {})
-    lines = [
-        "## Consent",
-        "",
-        "Machine-readable opt-outs this build checked, and the rows each one refused.",
-        "",
-        "| signal | where it is read | checked | rows refused |",
-        "|---|---|---|---|",
-    ]
-    total = 0
-    for signal, where in SIGNALS.items():
-        checked = _checked(options, signal)
-        refused = int(opt_outs.get(signal, 0))
-        before = int(removed.get(PLANNER_RULES.get(signal, ""), 0))
-        total += refused + before
-        count = f"{refused + before} ({before} removed before download)" if before else str(refused)
-        lines.append(f"| {signal} | {where} | {'yes' if checked else 'no'} | {count} |")
-    others = {k: v for k, v in opt_outs.items() if k not in SIGNALS}
-    for signal, refused in sorted(others.items()):  # a signal of a newer engine than this card
-        total += int(refused)
-        lines.append(f"| {inert(signal)} | | yes | {int(refused)} |")
-    lines += [f"| **total** | | | **{total}** |", ""]
-    if getattr(options, "url_blocklist", None):
-        lines += [f"- url_blocklist: {inert(options.url_blocklist)}", ""]
-    return lines, total
 
 
 def _histogram(counts: Counter[int]) -> list[str]:
