@@ -66,10 +66,10 @@ def dataset_verification(
     """Roll up every registered shard's stats against the plan; decode a deep sample of images."""
     spec = dataset.spec()
     report = verify_current_state(context.instance, dataset, s3)
-    report.run_id = context.run_id
+    report.run_id = context.run.run_id
     output = _output(dataset, s3)
     output.write_json_atomic(REPORT_NAME, report.to_json())
-    _remember(context.run_id, report)
+    _remember(context.run.run_id, report)
     # Runs ending together may each have missed the other's last shards: the roll-up settles it.
     publish_sample_counts(output, spec.download_options())
     return dg.MaterializeResult(metadata=verification_metadata(report, output.url_of(REPORT_NAME)))
