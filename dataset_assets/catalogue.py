@@ -66,7 +66,26 @@ class DatasetSettings:
         "dataset_verification hashes every shard file (O(dataset bytes) of I/O) instead of a sample.",
         also_used_by=("verification",),
     )
-    card_title: str = option("Image dataset", "Title of DATASET_CARD.md.", also_used_by=("card",))
+    card_title: str = option(
+        "Image dataset", "Title of DATASET_CARD.md (its front matter's pretty_name).", also_used_by=("card",)
+    )
+    card_license: str = option(
+        "other",
+        "The card's licence id (Hugging Face `license`, SPDX-like, e.g. cc-by-4.0); other = each "
+        "image keeps its source's licence.",
+        also_used_by=("card",),
+    )
+    card_task_categories: tuple[str, ...] = option(
+        ("text-to-image", "image-to-text"),
+        "The card's Hugging Face task_categories.",
+        also_used_by=("card",),
+    )
+    card_tags: tuple[str, ...] = option((), "The card's Hugging Face tags.", also_used_by=("card",))
+    card_contact: str | None = option(
+        None,
+        "Who answers questions and removal requests about the dataset (an e-mail or URL), on the card.",
+        also_used_by=("card",),
+    )
 
 
 # Which code reads each block's options.

@@ -9,6 +9,7 @@ from markdown_it import MarkdownIt
 
 from dataset_assets.engine.runner import download_shard
 from dataset_assets.reporting.card import CardInputs, build_card
+from dataset_assets.reporting.frontmatter import split_front_matter
 from dataset_assets_tests.conftest import local_options, rows
 from dataset_assets_tests.fakeweb.server import ImageServer
 
@@ -25,7 +26,10 @@ def test_a_servers_reason_phrase_reaches_the_card_as_plain_text(image_server: Im
     card = build_card(
         str(tmp_path), CardInputs(title="t *x*", spec={}, shard_keys=["00000"], options=options)
     )
-    html = MarkdownIt("commonmark").enable("table").render(card.markdown)
+    # Rendered as the Hub and GitHub render a card: the front matter read off, the rest as markdown.
+    meta, body = split_front_matter(card.markdown)
+    assert meta is not None and "tracker.example" not in meta
+    html = MarkdownIt("commonmark").enable("table").render(body)
 
     sources = re.findall(r'<img src="([^"]*)"', html)
     assert sources and all(re.fullmatch(r"DATASET_CARD_\w+\.(png|jpg)", s) for s in sources)  # ours only

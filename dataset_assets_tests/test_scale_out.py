@@ -310,6 +310,9 @@ def test_asset_graph_on_s3(s3_server: S3Server, tmp_path: Path) -> None:
     assert "ds/_reports/verification.json" in keys and "ds/verification.json" not in keys
     root_json = [k[3:] for k in keys if k.count("/") == 1 and k.endswith(".json") and k != "ds/sizes.json"]
     assert sorted(int(name.split("_")[0]) for name in root_json) == [0, 1]
+    # The card hashed the URL list where it lives (on S3, through the s3 resource's options).
+    card = body(Bucket=bucket, Key="ds/DATASET_CARD.md")["Body"].read().decode()
+    assert hashlib.sha256((tmp_path / "urls.csv").read_bytes()).hexdigest() in card
 
 
 # --- Postgres, deploy/dagster.yaml and the daemon ----------------------------------------------

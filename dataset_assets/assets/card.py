@@ -1,7 +1,5 @@
 """Publish: the dataset card, written next to the data and shown in the UI."""
 
-import base64
-
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
@@ -9,7 +7,7 @@ from dataset_assets.assets.quality import REPORT_NAME, dataset_verification
 from dataset_assets.assets.urls import FILTER_REPORT_NAME
 from dataset_assets.io.storage import OutputFolder
 from dataset_assets.partitions import shards_partitions
-from dataset_assets.reporting.card import CardInputs, build_card, card_spec, write_card
+from dataset_assets.reporting.card import CardInputs, build_card, card_spec, ui_markdown, write_card
 from dataset_assets.resources import DatasetResource, spec_storage_options
 
 
@@ -17,7 +15,8 @@ from dataset_assets.resources import DatasetResource, spec_storage_options
 def dataset_card(
     context: dg.AssetExecutionContext, dataset: DatasetResource, s3: S3Resource
 ) -> dg.MaterializeResult:
-    """DATASET_CARD.md: sources, spec, filters, totals, failures, etiquette, sample grid."""
+    """DATASET_CARD.md, a Hugging Face dataset card: front matter, totals, charts, samples,
+    provenance, sample schema, filters, failures, etiquette, consent, limitations, contact, spec."""
     spec = dataset.spec()
     storage_options = spec_storage_options(spec, s3)
     output = OutputFolder(spec.output_folder, storage_options)
@@ -29,16 +28,13 @@ def dataset_card(
         options=spec.download_options(),
         filter_report=plan.read_json(FILTER_REPORT_NAME) if plan.exists(FILTER_REPORT_NAME) else None,
         verification=output.read_json(REPORT_NAME) if output.exists(REPORT_NAME) else None,
+        input_storage_options=storage_options,
     )
     card = build_card(output, inputs)
     paths = write_card(output, card)
-    shown = card.markdown
-    if card.grid_jpeg is not None:
-        inline = base64.b64encode(card.grid_jpeg).decode()
-        shown = shown.replace("](DATASET_CARD_samples.jpg)", f"](data:image/jpeg;base64,{inline})")
     return dg.MaterializeResult(
         metadata={
-            "card": dg.MetadataValue.md(shown),
+            "card": dg.MetadataValue.md(ui_markdown(card)),
             "path": dg.MetadataValue.path(paths[-1]),
             "images": int(card.totals["successes"]),
             "success_rate": dg.MetadataValue.float(card.totals["success_rate"]),

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import collections.abc
 import contextlib
 import email.utils
+import functools
 import itertools
 import random
 import time
@@ -53,7 +55,11 @@ MAX_THROTTLED_RETRIES = 3
 # What one worker holds in bodies (in flight and waiting for the image stage); see RequestWindow.
 MAX_HELD_BODY_BYTES = 48 * 1024 * 1024
 INITIAL_MEAN_BODY_BYTES = 1024 * 1024
-MEAN_BODY_WEIGHT = 0.05
+# The window sizes one request by the bodies of the last ESTIMATE_OVER_BODIES (see RequestWindow).
+ESTIMATE_OVER_BODIES = 256
+ESTIMATE_PRIOR_BODIES = 16  # the 1 MB guess weighs as much as this many bodies, until seen
+ESTIMATE_QUANTILE = 0.9
+ESTIMATE_EVERY = 16  # bodies between two estimates (a sort of 256 sizes)
 MIN_REQUESTS_IN_FLIGHT = 4
 PRODUCT_TOKEN = "dataset-assets"
 # img2dataset's token: we accept its command lines, and AI block lists name it.
@@ -159,14 +165,65 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class BodyTicket:
+    """The bytes one request holds in its window: what the body declared, then what arrived.
+
+    Why count a body while it arrives: a window that learns a body's size only once it is
+    complete lets every request already in flight land on top of a full window (a PNG-heavy
+    list took a worker past 550 MB that way, 300 MB of it bodies waiting for the image thread).
+    """
+
+    __slots__ = ("_window", "bytes", "kept")
+
+    def __init__(self, window: RequestWindow) -> None:
+        self._window = window
+        self.bytes = 0
+        self.kept = False
+
+    def cover(self, total: int) -> None:
+        """The body is known to need ``total`` bytes (declared, or read so far)."""
+        if total > self.bytes:
+            self._window._held_bytes += total - self.bytes
+            self.bytes = total
+
+    def keep(self, size: int) -> None:
+        """The body (``size`` bytes) is complete and stays held until the caller releases it."""
+        self._window._held_bytes += size - self.bytes
+        self.bytes = size
+        self.kept = True
+        self._window._record(size)
+
+
+def body_estimate(sizes: collections.abc.Collection[int]) -> float:
+    """Bytes to count for one request: the larger of the mean and the 90th percentile of
+    ``sizes``, with a 1 MB prior until enough bodies were seen.
+
+    Why not the mean alone: body sizes on image lists are heavy-tailed (thumbnails and
+    multi-megabyte PNGs), and big bodies come in runs (one host, one gallery); counting each
+    request at a high quantile keeps a run of big ones within the window, and costs nothing on
+    lists of small images, where the cap on requests binds first.
+    """
+    seen = len(sizes)
+    prior = max(0, ESTIMATE_PRIOR_BODIES - seen)
+    mean = (sum(sizes) + prior * INITIAL_MEAN_BODY_BYTES) / max(1, seen + prior)
+    if seen < ESTIMATE_PRIOR_BODIES:
+        return max(mean, float(INITIAL_MEAN_BODY_BYTES))
+    ordered = sorted(sizes)
+    return max(mean, float(ordered[min(seen - 1, int(ESTIMATE_QUANTILE * seen))]))
+
+
 class RequestWindow:
     """What bounds one worker's memory: requests in flight and body bytes not yet handed on.
 
     Why adaptive: 256 requests of 50 KB JPEGs hold 13 MB, 256 of 8 MB PNGs would hold 2 GB. The
-    number in flight is capped so that, at the running mean body size, bodies in flight plus
-    bodies waiting for the image stage stay within ``max_bytes``. Waiting here happens before a
-    request's deadline starts, like waiting for a host's turn. Waiters are woken in order, one
-    per free place (a condition variable would wake them all on every request).
+    number in flight is capped so that bodies in flight plus bodies waiting for the image stage
+    stay within ``max_bytes``; bodies count as they arrive (see :class:`BodyTicket`). A request
+    is counted at :func:`body_estimate` of recent bodies, not at their mean: on a list where
+    30 % are 5 MB PNGs, the mean (1.5 MB) let 32 requests in, and when most of them were PNGs
+    they landed 150 MB over the window.
+    Waiting here happens before a request's deadline starts, like waiting for a host's turn.
+    Waiters are woken in order, one per free place (a condition variable would wake them all
+    on every request).
     """
 
     def __init__(self, max_requests: int, max_bytes: int) -> None:
@@ -174,16 +231,35 @@ class RequestWindow:
         self._max_bytes = max_bytes
         self._in_flight = 0
         self._held_bytes = 0
-        self._mean_body = float(INITIAL_MEAN_BODY_BYTES)
+        self._recent: collections.deque[int] = collections.deque(maxlen=ESTIMATE_OVER_BODIES)
+        self._since_estimate = 0
+        self._per_request = float(INITIAL_MEAN_BODY_BYTES)
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def held_bytes(self) -> int:
+        return self._held_bytes
+
+    @property
+    def per_request_bytes(self) -> float:
+        """What the window counts one request in flight to bring."""
+        return self._per_request
+
+    def _record(self, size: int) -> None:
+        self._recent.append(max(size, 1))
+        self._since_estimate += 1
+        if self._since_estimate >= ESTIMATE_EVERY or len(self._recent) < ESTIMATE_EVERY:
+            self._since_estimate = 0
+            self._per_request = body_estimate(self._recent)
 
     def _has_room(self) -> bool:
         room = self._max_bytes - self._held_bytes
-        limit = min(self._max_requests, max(MIN_REQUESTS_IN_FLIGHT, int(room // self._mean_body)))
+        limit = min(self._max_requests, max(MIN_REQUESTS_IN_FLIGHT, int(room // self._per_request)))
         return self._in_flight < limit and self._held_bytes < self._max_bytes
 
     @contextlib.asynccontextmanager
-    async def request(self) -> AsyncIterator[None]:
+    async def request(self) -> AsyncIterator[BodyTicket]:
+        """A place in the window; the ticket's bytes are given back unless the body is kept."""
         if self._waiters or not self._has_room():
             granted = asyncio.get_running_loop().create_future()
             self._waiters.append(granted)
@@ -196,16 +272,14 @@ class RequestWindow:
                 raise
         else:
             self._in_flight += 1
+        ticket = BodyTicket(self)
         try:
-            yield
+            yield ticket
         finally:
             self._in_flight -= 1
+            if not ticket.kept:
+                self._held_bytes -= ticket.bytes
             self._wake()
-
-    def hold(self, size: int) -> None:
-        """A body of ``size`` bytes was read and waits for the image stage."""
-        self._held_bytes += size
-        self._mean_body += (max(size, 1) - self._mean_body) * MEAN_BODY_WEIGHT
 
     def release(self, size: int) -> None:
         self._held_bytes -= size
@@ -278,12 +352,11 @@ class Fetcher:
                 first = _checked_url(url, self._options.allow_private_addresses)
                 if self._policy_paths:
                     await self._check_policies(first)
-                async with self._hosts.turn(host), self.window.request():
+                async with self._hosts.turn(host), self.window.request() as ticket:
                     self._hosts.check(host)
-                    body = await self._with_deadline(
-                        self._options.timeout, self._follow(first, self._read_image)
-                    )
-                    self.window.hold(len(body.data))
+                    read = functools.partial(self._read_image, ticket=ticket)
+                    body = await self._with_deadline(self._options.timeout, self._follow(first, read))
+                    ticket.keep(len(body.data))
             except HostRefused as refusal:
                 raise FetchError(str(refusal)) from None
             except AddressRefused as error:
@@ -370,7 +443,9 @@ class Fetcher:
                 return await read(response, current)
         raise FetchError(f"too many redirects (more than {limit})")
 
-    async def _read_image(self, response: aiohttp.ClientResponse, url: URL) -> FetchedBody:
+    async def _read_image(
+        self, response: aiohttp.ClientResponse, url: URL, ticket: BodyTicket | None = None
+    ) -> FetchedBody:
         if response.status >= 400:
             throttled = response.status in (429, 503)
             raise FetchError(
@@ -390,7 +465,7 @@ class Fetcher:
         verdict = header_verdict(_origin(url), response.headers, self._options)
         if verdict is not None:
             raise _refused(verdict)
-        data = await self._read_capped(response, self._options.max_body_bytes)
+        data = await self._read_capped(response, self._options.max_body_bytes, ticket=ticket)
         return FetchedBody(data, response.headers.get("Content-Type", ""), str(url))
 
     async def _check_policies(self, url: URL) -> None:
@@ -443,15 +518,29 @@ class Fetcher:
             return no_policy(path)  # no such file: it says nothing
         return parse_policy(path, data, self._product_tokens)
 
-    async def _read_capped(self, response: aiohttp.ClientResponse, cap: int, truncate: bool = False) -> bytes:
-        """Read the body, never holding more than ``cap`` bytes, whatever Content-Length says."""
+    async def _read_capped(
+        self,
+        response: aiohttp.ClientResponse,
+        cap: int,
+        truncate: bool = False,
+        ticket: BodyTicket | None = None,
+    ) -> bytes:
+        """Read the body, never holding more than ``cap`` bytes, whatever Content-Length says.
+
+        With a ``ticket``, the body counts in the window from its headers on: the declared
+        length at once, then what arrives beyond it.
+        """
         declared = response.content_length
         if declared is not None and declared > cap and not truncate:
             raise FetchError(f"body too large: Content-Length {declared} exceeds max_body_bytes {cap}")
+        if ticket is not None and declared is not None:
+            ticket.cover(declared)
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_chunked(READ_CHUNK):
             size += len(chunk)
+            if ticket is not None:
+                ticket.cover(min(size, cap))
             if size > cap:
                 if truncate:
                     chunks.append(chunk[: cap - (size - len(chunk))])

@@ -92,6 +92,16 @@ class ShardStats:
 
     @property
     def images_per_sec(self) -> float:
+        """Images stored per second: a shard whose host was down stores none, whatever its pace.
+
+        Computed, never read back: an older stats file's ``images_per_sec`` (rows per second,
+        failures included) is ignored by ``from_json`` and recomputed from its counts here.
+        """
+        return self.successes / self.duration if self.duration > 0 else 0.0
+
+    @property
+    def rows_per_sec(self) -> float:
+        """Rows handled per second, failures included: the engine's pace, not the dataset's."""
         return self.count / self.duration if self.duration > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -99,6 +109,7 @@ class ShardStats:
         payload["status_dict"] = dict(collections.Counter(self.status_dict).most_common())
         payload["success_rate"] = self.success_rate
         payload["images_per_sec"] = self.images_per_sec
+        payload["rows_per_sec"] = self.rows_per_sec
         return payload
 
     @classmethod

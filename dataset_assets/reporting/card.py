@@ -2,11 +2,15 @@
 
 Whoever finds the shards later (a colleague, a training job's log, a data audit) should learn
 from one file where the images came from, how they were filtered and processed, what failed,
-which opt-outs were honoured, and what the images look like.
+which opt-outs were honoured, and what the images look like. It is a Hugging Face dataset
+card (YAML front matter, then markdown), so the output folder can be published as it is: the
+totals and pictures first, what explains the build (card_sections.py) next, the spec last.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import datetime as dt
 import json
 from collections import Counter
@@ -19,16 +23,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from dataset_assets.engine.consent import SIGNALS
 from dataset_assets.engine.fetch import user_agent
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.shards.formats import ShardReadError
 from dataset_assets.engine.shards.layout import parquet_name, stats_name
 from dataset_assets.engine.shards.registry import shard_format
 from dataset_assets.engine.stats import SHORT_SIDE_BUCKETS, short_side_bucket
-from dataset_assets.io.storage import OutputFolder
+from dataset_assets.io.storage import OutputFolder, StorageOptions
+from dataset_assets.reporting.card_sections import (
+    SPEC_ANCHOR,
+    BuildFacts,
+    consent_section,
+    contact_section,
+    licence_section,
+    limitations_section,
+    provenance_section,
+    spec_setting,
+)
 from dataset_assets.reporting.charts import Chart, column_chart, grouped, row_chart
-from dataset_assets.reporting.markdown import inert
+from dataset_assets.reporting.frontmatter import front_matter, size_category, split_front_matter
+from dataset_assets.reporting.markdown import code_span, fenced, inert
+from dataset_assets.reporting.provenance import spec_hash
+from dataset_assets.reporting.sample_schema import schema_section
 
 CARD_NAME = "DATASET_CARD.md"
 GRID_NAME = "DATASET_CARD_samples.jpg"
@@ -38,20 +54,7 @@ THUMB = 96
 GRID_COLUMNS = 8
 GRID_ROWS = 4
 SIZE_BUCKETS = SHORT_SIDE_BUCKETS
-# The option that turns each signal's check on (a true value = checked). An option this
-# version does not declare counts as on: each is on by default where it exists.
-SIGNAL_OPTIONS = {
-    "robots.txt": "respect_robots_txt",
-    "content-signal": "respect_content_signal",
-    "content-usage": "respect_content_usage",
-    "tdmrep": "respect_tdmrep",
-    "ai.txt": "respect_ai_txt",
-    "x-robots-tag": "disallowed_header_directives",
-    "xmp-datamining": "respect_xmp_datamining",
-    "blocklist": "url_blocklist",
-}
-# The planner's rule that removes a signal's rows before sharding (counted in its report).
-PLANNER_RULES = {"blocklist": "url_blocklist"}
+SPEC_HEADING = "Appendix: spec"
 
 
 @dataclass
@@ -63,10 +66,14 @@ class CardInputs:
     filter_report: dict[str, Any] | None = None
     verification: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # How to read the spec's url_list (remote lists), to hash it for the Provenance section.
+    input_storage_options: StorageOptions | None = None
 
 
 @dataclass
 class Card:
+    """``markdown``: the whole DATASET_CARD.md, YAML front matter first."""
+
     markdown: str
     grid_jpeg: bytes | None
     totals: dict[str, float]
@@ -104,6 +111,7 @@ def build_card(output_folder: str | OutputFolder, inputs: CardInputs) -> Card:
     totals = Counter({"shards": 0, "rows": 0, "successes": 0, "bytes_written": 0})
     short_sides: Counter[int] = Counter()
     series = _ShardSeries()
+    facts = BuildFacts()
     for shard in inputs.shard_keys:
         try:
             stats = output.read_json(stats_name(shard))
@@ -118,11 +126,44 @@ def build_card(output_folder: str | OutputFolder, inputs: CardInputs) -> Card:
         statuses.update(shard_statuses)
         opt_outs.update(shard_opt_outs)
         short_sides.update(_short_sides(output, shard, stats, inputs.options))
+        _observe(facts, output, shard, stats, inputs.options)
     grid = _thumbnail_grid(output, inputs)
     rate = totals["successes"] / totals["rows"] if totals["rows"] else 0.0
     charts = _charts(series, statuses, short_sides)
-    markdown = _render(inputs, totals, rate, statuses, opt_outs, short_sides, grid is not None, charts)
+    body = _render(inputs, totals, rate, statuses, opt_outs, short_sides, grid is not None, charts, facts)
+    markdown = f"{_front_matter(inputs, totals)}\n\n{body}"
     return Card(markdown, grid, {**totals, "success_rate": rate}, charts)
+
+
+def _observe(
+    facts: BuildFacts, output: OutputFolder, shard: str, stats: dict[str, Any], options: DownloadOptions
+) -> None:
+    """Fold one shard's times and input fingerprint in; read the first parquet's schema (a footer)."""
+    # An older or hand-edited stats file: the window says what the others recorded.
+    with contextlib.suppress(TypeError, ValueError):
+        facts.window.add(float(stats.get("start_time") or 0), float(stats.get("end_time") or 0))
+    fingerprint = stats.get("input_fingerprint")
+    if isinstance(fingerprint, str) and fingerprint:
+        facts.fingerprints.append((shard, fingerprint))
+    if facts.parquet_schema is None and shard_format(options.output_format).writes_parquet:
+        try:
+            with output.fs.open(output.path(parquet_name(shard)), "rb") as handle:
+                facts.parquet_schema = pq.read_schema(handle).remove_metadata()
+        except (OSError, ValueError, pa.ArrowException):
+            pass
+
+
+def _front_matter(inputs: CardInputs, totals: Counter[str]) -> str:
+    """Hugging Face's dataset-card metadata; every value from the spec is quoted by the emitter."""
+    return front_matter(
+        {
+            "pretty_name": inputs.title,
+            "license": spec_setting(inputs.spec, "card_license"),
+            "task_categories": list(spec_setting(inputs.spec, "card_task_categories")),
+            "size_categories": [size_category(int(totals["successes"]))],
+            "tags": list(spec_setting(inputs.spec, "card_tags")),
+        }
+    )
 
 
 def _charts(series: _ShardSeries, statuses: Counter[str], short_sides: Counter[int]) -> list[Chart]:
@@ -215,6 +256,38 @@ def write_card(output_folder: str | OutputFolder, card: Card) -> list[str]:
     return paths
 
 
+def card_images(card: Card) -> dict[str, tuple[str, bytes]]:
+    """The files the card links, by the name it links them under: (MIME type, bytes)."""
+    images = {CHART_NAME.format(chart.name): ("image/png", chart.png) for chart in card.charts}
+    if card.grid_jpeg is not None:
+        images[GRID_NAME] = ("image/jpeg", card.grid_jpeg)
+    return images
+
+
+def ui_markdown(card: Card) -> str:
+    """The card as Dagster's asset page shows it: images inlined, front matter as a code block.
+
+    The page has no folder to resolve ``DATASET_CARD_*.png`` against, so each linked image is
+    inlined as a data URI (here only; the file on disk keeps its links). The page's renderer
+    does not know front matter and would show the YAML as a paragraph above the title, so it
+    becomes a fenced block near the end, before the spec: still there to review before
+    publishing (licence, size category), without pushing the totals down.
+    """
+    meta, body = split_front_matter(card.markdown)
+    for name, (mime, data) in card_images(card).items():
+        body = body.replace(f"]({name})", f"](data:{mime};base64,{base64.b64encode(data).decode()})")
+    if meta is None:
+        return body
+    code = "\n".join(fenced(meta, "yaml"))
+    block = (
+        f"## Hugging Face metadata\n\n{CARD_NAME} starts with this front matter, which the Hugging "
+        f"Face Hub reads:\n\n{code}\n\n"
+    )
+    heading = f"## {SPEC_HEADING}"
+    at = body.rfind(f"\n{heading}\n")
+    return body[: at + 1] + block + body[at + 1 :] if at >= 0 else f"{body.rstrip()}\n\n{block}"
+
+
 def _render(
     inputs: CardInputs,
     totals: Counter[str],
@@ -224,14 +297,19 @@ def _render(
     short_sides: Counter[int],
     has_grid: bool,
     charts: list[Chart],
+    facts: BuildFacts,
 ) -> str:
+    """The card below its front matter: what a reader needs first (totals, pictures) at the top,
+    the full spec at the end."""
     options = inputs.options
-    consent, opted_out = _consent(inputs, opt_outs)
+    consent, opted_out = consent_section(inputs, opt_outs)
     lines = [
         f"# {inert(inputs.title)}",
         "",
-        f"Built {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} by dataset_assets from "
-        f"{inert(inputs.spec.get('url_list'))}.",
+        f"{totals['successes']} images from {totals['rows']} input rows ({rate:.1%} stored), built "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} by dataset_assets from "
+        f"{code_span(inputs.spec.get('url_list'))}. Limitations, consent and contact are below; the "
+        f"full spec is in the [appendix](#{SPEC_ANCHOR}).",
         "",
         "## Totals",
         "",
@@ -250,6 +328,10 @@ def _render(
         lines += ["## At a glance", ""]
         lines += [f"![{chart.title}]({CHART_NAME.format(chart.name)})" for chart in charts]
         lines.append("")
+    if has_grid:
+        lines += ["## Samples", "", f"![samples]({GRID_NAME})", ""]
+    lines += provenance_section(inputs, facts)
+    lines += schema_section(options, facts.parquet_schema)
     if inputs.filter_report:
         report = inputs.filter_report
         lines += ["## URL-list filtering", "", "| rule | rows removed |", "|---|---|"]
@@ -273,56 +355,22 @@ def _render(
         f" total deadline {options.timeout:g}s per request",
         "",
         *consent,
-        "## Licence",
-        "",
-        "The images remain the property of their owners; this dataset stores URLs, captions and",
-        "resized copies for research use. Check the source terms before redistributing, and honour",
-        "removal requests by deleting the rows by key.",
-        "",
+        *licence_section(inputs),
+        *limitations_section(inputs, totals, rate, statuses, facts),
+        *contact_section(inputs),
     ]
-    if has_grid:
-        lines += ["## Samples", "", f"![samples]({GRID_NAME})", ""]
-    lines += ["## Spec", "", "```yaml", yaml.safe_dump(inputs.spec, sort_keys=True).rstrip(), "```", ""]
     if inputs.verification:
         failed = [n for n, c in inputs.verification.get("checks", {}).items() if not c["passed"]]
         lines += ["## Verification", "", f"Checks failed: {', '.join(failed) or 'none'}", ""]
-    return "\n".join(lines)
-
-
-def _consent(inputs: CardInputs, opt_outs: Counter[str]) -> tuple[list[str], int]:
-    """The Consent section (each signal: checked or not, rows refused) and the total refused.
-
-    Rows a signal refused at download time come from the shards' ``opt_outs``; rows the planner
-    removed for it before sharding (the url_blocklist) from the filter report. Outages (an
-    unreachable robots.txt) are failures, never opt-outs, and are not counted here.
-    """
-    options = inputs.options
-    removed = (inputs.filter_report or {}).get("removed", {})
-    lines = [
-        "## Consent",
+    lines += [
+        f"## {SPEC_HEADING}",
         "",
-        "Machine-readable opt-outs this build checked, and the rows each one refused.",
+        f"The spec this dataset was built with (secrets removed; sha256 `{spec_hash(inputs.spec)}`).",
         "",
-        "| signal | where it is read | checked | rows refused |",
-        "|---|---|---|---|",
+        *fenced(yaml.safe_dump(inputs.spec, sort_keys=True).rstrip(), "yaml"),
+        "",
     ]
-    total = 0
-    for signal, where in SIGNALS.items():
-        name = SIGNAL_OPTIONS.get(signal)
-        checked = bool(getattr(options, name, True)) if name else True
-        refused = int(opt_outs.get(signal, 0))
-        before = int(removed.get(PLANNER_RULES.get(signal, ""), 0))
-        total += refused + before
-        count = f"{refused + before} ({before} removed before download)" if before else str(refused)
-        lines.append(f"| {signal} | {where} | {'yes' if checked else 'no'} | {count} |")
-    others = {k: v for k, v in opt_outs.items() if k not in SIGNALS}
-    for signal, refused in sorted(others.items()):  # a signal of a newer engine than this card
-        total += int(refused)
-        lines.append(f"| {inert(signal)} | | yes | {int(refused)} |")
-    lines += [f"| **total** | | | **{total}** |", ""]
-    if getattr(options, "url_blocklist", None):
-        lines += [f"- url_blocklist: {inert(options.url_blocklist)}", ""]
-    return lines, total
+    return "\n".join(lines)
 
 
 def _histogram(counts: Counter[int]) -> list[str]:

@@ -43,6 +43,8 @@ from dataset_assets.io.storage import OutputFolder, StorageOptions, filesystem
 from dataset_assets.planning.sharding import read_manifest
 
 MAX_LISTED = 20  # problems listed per check; the count is always exact
+MAX_REASONS = 100  # failure reasons kept in the report, the most frequent; the rest are one
+OTHER_REASONS = "other reasons"
 DEEP_SAMPLE = 64  # images decoded per verification, whatever the dataset's size
 CHECKSUM_SHARDS = 4  # sampled shards whose files are hashed (full_checksums: every shard)
 _STATS_FILE = re.compile(rf"^(\d+){re.escape(STATS_SUFFIX)}$")
@@ -78,6 +80,12 @@ class VerificationReport:
     # The original images' shorter side, summed over the shards' stats (the card's histogram).
     short_sides: dict[str, int] = field(default_factory=dict)
     bytes_written: int = 0
+    bytes_downloaded: int = 0
+    # Failed rows by reason (each shard's error messages, summed): what went wrong, and how often.
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+    # The Dagster run that wrote this report, if one did: its checks use it only in that run,
+    # and verify the current state afresh in any other (a report is a snapshot, not the truth).
+    run_id: str | None = None
     checks: dict[str, CheckOutcome] = field(default_factory=dict)
 
     @property
@@ -221,7 +229,18 @@ def verify_dataset(
     rate.summary = f"success rate {report.success_rate:.1%} (floor {success_rate_floor:.1%})"
     checks["success_rate"] = rate
     report.checks = checks
+    report.failure_reasons = _most_frequent(report.failure_reasons, MAX_REASONS)
     return report
+
+
+def _most_frequent(counts: dict[str, int], kept: int) -> dict[str, int]:
+    """The ``kept`` largest counts, most frequent first; the rest summed under OTHER_REASONS."""
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    top = dict(ordered[:kept])
+    rest = sum(n for _, n in ordered[kept:])
+    if rest:
+        top[OTHER_REASONS] = top.get(OTHER_REASONS, 0) + rest
+    return top
 
 
 def _first_line(error: BaseException) -> str:
@@ -299,6 +318,10 @@ def _add_totals(report: VerificationReport, stats: ShardStats) -> None:
     report.rows += stats.count
     report.successes += stats.successes
     report.bytes_written += int(stats.bytes_written or 0)
+    report.bytes_downloaded += int(stats.bytes_downloaded or 0)
+    for reason, count in stats.status_dict.items():
+        if reason != SUCCESS and isinstance(count, int) and count > 0:
+            report.failure_reasons[reason] = report.failure_reasons.get(reason, 0) + count
     for status, count in (
         (SUCCESS, stats.successes),
         (FAILED_TO_DOWNLOAD, stats.failed_to_download),

@@ -75,27 +75,32 @@ def row_index(key: str, shard_id: int, number_sample_per_shard: int) -> int:
 
 @dataclass(frozen=True)
 class Column:
-    """One per-sample column: its arrow type and when a shard has it (given the options)."""
+    """One per-sample column: its arrow type, when a shard has it (given the options), and what
+    it holds (the dataset card's schema section quotes it, so the meaning is written once)."""
 
     name: str
     type: pa.DataType
     present: Callable[[Any], bool] = lambda options: True
+    doc: str = ""
 
 
 # The per-sample columns after the input's additional columns, in img2dataset's order; the
 # hash column is named after the hash type.
 SAMPLE_COLUMNS: tuple[Column, ...] = (
-    Column("caption", pa.string(), lambda options: bool(options.caption_col)),
-    Column("url", pa.string()),
-    Column("key", pa.string()),
-    Column("status", pa.string()),
-    Column("error_message", pa.string()),
-    Column("width", pa.int32()),
-    Column("height", pa.int32()),
-    Column("original_width", pa.int32()),
-    Column("original_height", pa.int32()),
-    Column("exif", pa.string(), lambda options: options.extract_exif),
+    Column("caption", pa.string(), lambda options: bool(options.caption_col), "the URL list's caption text"),
+    Column("url", pa.string(), doc="the image URL, as the URL list gave it"),
+    Column("key", pa.string(), doc="the sample's key: shard id and row index, zero-padded"),
+    Column("status", pa.string(), doc="success, failed_to_download or failed_to_resize"),
+    Column("error_message", pa.string(), doc="why the row was not stored (null on success)"),
+    Column("width", pa.int32(), doc="stored image width, px"),
+    Column("height", pa.int32(), doc="stored image height, px"),
+    Column("original_width", pa.int32(), doc="downloaded image width before resizing, px"),
+    Column("original_height", pa.int32(), doc="downloaded image height before resizing, px"),
+    Column("exif", pa.string(), lambda options: options.extract_exif, "the original's EXIF tags, as JSON"),
 )
+HASH_DOC = "hash of the original downloaded bytes, hex"
+ADDITIONAL_DOC = "copied from the URL list (save_additional_columns)"
+IMAGE_DOC = "the stored image's encoded bytes"
 
 
 def hash_column(options: Any) -> str | None:
@@ -113,3 +118,27 @@ def metadata_schema(options: Any, input_schema: pa.Schema) -> pa.Schema:
     if hash_column(options):
         fields.append(pa.field(options.compute_hash, pa.string()))
     return pa.schema(fields)
+
+
+def image_column(options: Any, images_in_parquet: bool) -> str | None:
+    """The parquet column holding the images (output_format parquet), named after the encoding."""
+    return options.encode_format if images_in_parquet else None
+
+
+def parquet_schema(options: Any, input_schema: pa.Schema, images_in_parquet: bool) -> pa.Schema:
+    """A shard parquet's columns: the per-sample metadata, then the images where they live there."""
+    schema = metadata_schema(options, input_schema)
+    column = image_column(options, images_in_parquet)
+    return schema.append(pa.field(column, pa.binary())) if column else schema
+
+
+def column_doc(options: Any, name: str) -> str:
+    """What the per-sample column or json field ``name`` holds (the card's schema section)."""
+    for column in SAMPLE_COLUMNS:
+        if column.name == name:
+            return column.doc
+    if name == hash_column(options):
+        return HASH_DOC
+    if name == options.encode_format:
+        return IMAGE_DOC
+    return ADDITIONAL_DOC if name in options.save_additional_columns else ""

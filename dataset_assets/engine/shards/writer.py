@@ -30,8 +30,9 @@ from dataset_assets.engine.shards.gates import (
 )
 from dataset_assets.engine.shards.layout import (
     compute_key,
-    metadata_schema,
+    image_column,
     parquet_name,
+    parquet_schema,
     shard_name,
     stats_name,
 )
@@ -65,7 +66,6 @@ class ShardWriter:
         self.shard = shard_name(shard_id, options.oom_shard_count)
         self.expected = rows.num_rows
         self._rows = rows
-        self._schema = metadata_schema(options, rows.schema)
         self._extra = [n for n in options.save_additional_columns if rows.schema.get_field_index(n) >= 0]
         self._urls = rows.column("url").to_pylist()
         self._captions = rows.column("caption").to_pylist() if options.caption_col else None
@@ -79,7 +79,7 @@ class ShardWriter:
         )
         self._indices = (rows.num_rows, -1)  # (lowest, highest) row index recorded
 
-        self._image_column = options.encode_format if self._format.images_in_parquet else None
+        self._image_column = image_column(options, self._format.images_in_parquet)
         self._sink: SampleSink | None = None
         opened = self._format.open_sink(output, self.shard)
         container = self._format.container(self.shard)
@@ -90,9 +90,7 @@ class ShardWriter:
         self._parquet_handle: IO[bytes] | None = None
         if self._format.writes_parquet:
             tmp, self._parquet_handle = output.open_tmp(parquet_name(self.shard))
-            schema = self._schema
-            if self._image_column:
-                schema = schema.append(pa.field(self._image_column, pa.binary()))
+            schema = parquet_schema(options, rows.schema, self._format.images_in_parquet)
             self._parquet = pq.ParquetWriter(self._parquet_handle, schema)
             self._tmp.append((tmp, parquet_name(self.shard)))
         self.facts = ShardFacts(

@@ -1,0 +1,85 @@
+"""The request window counts a body from its headers on, and a request as a big body.
+
+A window that learned a body's size only once it was complete let the requests already in
+flight land on a full window: on a list with 30 % 5 MB PNGs a worker held 300 MB of bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dataset_assets.engine.fetch import (
+    ESTIMATE_OVER_BODIES,
+    Fetcher,
+    FetchError,
+    RequestWindow,
+    body_estimate,
+)
+from dataset_assets_tests.conftest import local_options
+from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
+
+BIG = b"\xff\xd8\xff" + bytes(range(256)) * 8192  # 2 MB that sniff as a JPEG
+
+
+async def _until(condition, limit_s: float = 10.0) -> bool:
+    for _ in range(int(limit_s / 0.02)):
+        if condition():
+            return True
+        await asyncio.sleep(0.02)
+    return condition()
+
+
+def test_a_body_counts_while_it_arrives_and_leaves_when_its_request_fails() -> None:
+    async def scenario(server: ImageServer) -> tuple[bool, int, int, int]:
+        async with Fetcher(local_options(timeout=2, retries=0)) as fetcher:
+            window = fetcher.window
+            trickling = asyncio.create_task(fetcher.fetch(server.url_for("/trickle/big.jpg")))
+            # The declared length is held as soon as the headers are in, long before the body.
+            counted = await _until(lambda: window.held_bytes >= len(BIG))
+            with pytest.raises(FetchError, match="timed out"):
+                await trickling
+            after_failure = window.held_bytes
+            body = await fetcher.fetch(server.url_for("/img/big.jpg"))
+            kept = window.held_bytes
+            window.release(len(body.data))
+            return counted, after_failure, kept, window.held_bytes
+
+    with ImageServer(images={"big.jpg": BIG}, config=ServerConfig(max_lifetime_s=60)) as server:
+        counted, after_failure, kept, released = asyncio.run(scenario(server))
+    assert counted, "a trickling body's declared length was never counted in the window"
+    assert after_failure == 0  # a failed request gives its bytes back
+    assert kept == len(BIG)  # a complete body stays held until the image stage is done with it
+    assert released == 0
+
+
+def test_a_request_counts_as_a_big_body_when_big_bodies_are_common() -> None:
+    window = RequestWindow(max_requests=256, max_bytes=48 << 20)
+    sizes = [5_000_000] * 30 + [50_000] * 70  # the large ones first, then a run of small ones
+    for size in sizes:
+        window._record(size)
+    # Counted at the mean (1.5 MB), 32 requests would be let in: 150 MB if they were PNGs.
+    assert window.per_request_bytes == 5_000_000
+    admitted = 0
+    while window._has_room():
+        window._in_flight += 1
+        admitted += 1
+    assert admitted == (48 << 20) // 5_000_000
+    window._in_flight = 0
+    # A list of small images is not held back: the cap on requests binds, not the bytes.
+    for _ in range(ESTIMATE_OVER_BODIES):
+        window._record(50_000)
+    assert body_estimate([50_000] * 256) == window.per_request_bytes == 50_000
+    admitted = 0
+    while window._has_room():
+        window._in_flight += 1
+        admitted += 1
+    assert admitted == 256
+
+
+def test_the_estimate_starts_at_a_megabyte_and_follows_the_bodies() -> None:
+    assert body_estimate([]) == 1024 * 1024
+    assert body_estimate([10_000] * 4) == 1024 * 1024  # four small bodies prove little
+    assert body_estimate([10_000] * 100) == 10_000
+    assert body_estimate([10_000] * 80 + [900_000] * 20) == 900_000  # the 90th percentile
