@@ -251,6 +251,18 @@ def _logs(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     return [entry.user_message for entry in instance.all_logs(run_id)]
 
 
+def _input_check(instance: dg.DagsterInstance) -> dict[str, bool]:
+    """Each registered partition's latest ``shard_input_current`` outcome."""
+    key = dg.AssetCheckKey(dg.AssetKey("image_shards"), "shard_input_current")
+    registered = set(instance.get_dynamic_partitions(shards_partitions.name))
+    latest: dict[str, bool] = {}
+    for record in instance.event_log_storage.get_asset_check_execution_history(key, limit=1000):
+        evaluation = record.event.asset_check_evaluation if record.event is not None else None
+        if record.partition in registered and evaluation is not None:
+            latest.setdefault(record.partition, evaluation.passed)  # newest first
+    return latest
+
+
 def test_replan_with_a_denied_domain_downloads_exactly_the_changed_shards(tmp_path: Path) -> None:
     """Shards 00000-00001 keep their rows, 00002 gets other rows, 00003 leaves the plan."""
     names = sorted(corpus_images(16, seed=3))
@@ -276,6 +288,8 @@ def test_replan_with_a_denied_domain_downloads_exactly_the_changed_shards(tmp_pa
             # The shrunk plan's partition is gone, and so are its files (they held denied rows).
             assert instance.get_dynamic_partitions(shards_partitions.name) == ["00000", "00001", "00002"]
             assert not list(dataset.glob("00003*"))
+            # The re-planned partition still shows materialized, so its input check says why not.
+            assert _input_check(instance) == {"00000": True, "00001": True, "00002": False}
             # A backfill over every partition re-downloads exactly the re-planned shard.
             result = _job(defs).execute_in_process(
                 instance=instance, asset_selection=DOWNLOAD, tags=range_tags("00000", "00002")
@@ -293,6 +307,7 @@ def test_replan_with_a_denied_domain_downloads_exactly_the_changed_shards(tmp_pa
             ]
             stored = sorted(r["url"] for r in pq.read_table(dataset / "00002.parquet").to_pylist())
             assert stored == [web.url(n) for n in names[8::2]]
+            assert _input_check(instance)["00002"] is True  # downloaded again: current
             for tar_path in dataset.glob("*.tar"):
                 with tarfile.open(tar_path) as tar:
                     metas = [json.load(tar.extractfile(m)) for m in tar if m.name.endswith(".json")]

@@ -7,6 +7,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from dataset_assets.assets import figures
+from dataset_assets.assets.shard_checks import INPUT_CHECK, SHARD_CHECKS, current_evaluation
 from dataset_assets.assets.urls import url_shards
 from dataset_assets.engine.fingerprint import footer_fingerprint
 from dataset_assets.engine.reader import InputShard
@@ -17,21 +18,12 @@ from dataset_assets.engine.runner import (
     read_shard_stats,
     shard_completion,
 )
-from dataset_assets.engine.shards.gates import GATES, ShardGates
+from dataset_assets.engine.shards.gates import ShardGates
 from dataset_assets.engine.shards.layout import STATS_SUFFIX, parquet_name, shard_name, stats_name
 from dataset_assets.engine.stats import ShardStats
 from dataset_assets.io.storage import OutputFolder, filesystem, full_url, read_parquet
 from dataset_assets.partitions import shards_partitions
 from dataset_assets.resources import DatasetResource, spec_storage_options
-
-# Blocking and partitioned: a partition that fails one is not reported materialized, and its
-# run fails, so Dagster marks it failed and "failed and missing" backfills redo it.
-SHARD_CHECKS = [
-    dg.AssetCheckSpec(
-        name, asset="image_shards", description=description, blocking=True, partitions_def=shards_partitions
-    )
-    for name, description in GATES.items()
-]
 
 
 @dg.asset(
@@ -40,8 +32,16 @@ SHARD_CHECKS = [
     deps=[url_shards],
     kinds={"python", "parquet"},
     check_specs=SHARD_CHECKS,
+    # What the UI shows (the docstring below is for whoever reads the code).
+    description=(
+        "The downloaded dataset, one partition per shard: the images resized and written with "
+        "their captions and metadata (tar/parquet/files per output_format) and a stats file. A "
+        "shard below success_rate_floor, or failing any shard_* check, is a failed partition and "
+        "is downloaded again by the next backfill; a complete shard is never downloaded twice. "
+        "shard_input_current fails for a partition whose input a re-plan changed."
+    ),
     # A run whose shards are all complete and already reported yields no materialization (see
-    # _unchanged), so downstream assets do not turn "unsynced" after a no-op resume.
+    # _is_reported), so downstream assets do not turn "unsynced" after a no-op resume.
     output_required=False,
     # Never start a partition a run is already downloading (that run would lose the shard's
     # lease to nobody: the second writer would fail at once, but a run is a run).
@@ -188,6 +188,8 @@ def _report(
                     description=gate["summary"],
                     metadata={"count": stats.count, "successes": stats.successes},
                 )
+        if INPUT_CHECK in selected:
+            yield current_evaluation(key, stats.input_fingerprint)
     # Each check's op output, once per run (an AssetCheckResult would yield it; these are
     # evaluations because they name their partition).
     for check_key in selected.values():

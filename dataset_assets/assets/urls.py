@@ -5,6 +5,7 @@ import dataclasses
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from dataset_assets.assets.shard_checks import replanned_evaluation
 from dataset_assets.engine.runner import remove_shard
 from dataset_assets.io.storage import OutputFolder
 from dataset_assets.partitions import REGISTER_CHUNK, shards_partitions
@@ -90,6 +91,10 @@ def url_shards(
             context.log.info(f"shard {key} is beyond the plan: deleted {', '.join(removed)}")
     if stale:
         context.log.warning(f"removed {len(stale)} partition(s) no longer in the plan, e.g. {stale[:5]}")
+    for key in changed:
+        if key in existing:  # its partition may show as materialized: say it is not current
+            evaluation = replanned_evaluation(key, before[key], after.get(key))
+            context.instance.report_runless_asset_event(evaluation)
     if changed:
         context.log.warning(
             f"{len(changed)} shard input(s) changed by this plan, e.g. {changed[:5]}: "
