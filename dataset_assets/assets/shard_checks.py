@@ -34,30 +34,32 @@ SHARD_CHECKS = [
 ]
 
 
-def replanned_evaluation(key: str, old: str | None, new: str | None) -> dg.AssetCheckEvaluation:
-    """The failed input check of a partition whose shard input a re-plan changed."""
+def _input_evaluation(key: str, passed: bool, description: str, **metadata: str) -> dg.AssetCheckEvaluation:
     return dg.AssetCheckEvaluation(
         asset_key=SHARDS_ASSET,
         check_name=INPUT_CHECK,
-        passed=False,
+        passed=passed,
         partition=key,
         severity=dg.AssetCheckSeverity.WARN,
-        description=(
-            f"shard {key} was re-planned: its input changed, so its files hold rows the plan no "
-            "longer has; a backfill over this partition downloads it again"
-        ),
-        metadata={"planned_input": str(new), "previous_input": str(old)},
+        description=description,
+        metadata=metadata,
+    )
+
+
+def replanned_evaluation(key: str, old: str | None, new: str | None) -> dg.AssetCheckEvaluation:
+    """The failed input check of a partition whose shard input a re-plan changed."""
+    return _input_evaluation(
+        key,
+        False,
+        f"shard {key} was re-planned: its input changed, so its files hold rows the plan no longer "
+        "has; a backfill over this partition downloads it again",
+        planned_input=str(new),
+        previous_input=str(old),
     )
 
 
 def current_evaluation(key: str, fingerprint: str | None) -> dg.AssetCheckEvaluation:
     """The passed input check of a partition whose shard was built from the plan's input."""
-    return dg.AssetCheckEvaluation(
-        asset_key=SHARDS_ASSET,
-        check_name=INPUT_CHECK,
-        passed=True,
-        partition=key,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"built from the plan's current input ({fingerprint})",
-        metadata={"planned_input": str(fingerprint)},
+    return _input_evaluation(
+        key, True, f"built from the plan's current input ({fingerprint})", planned_input=str(fingerprint)
     )
