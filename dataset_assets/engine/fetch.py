@@ -306,7 +306,6 @@ class Fetcher:
         self.window = RequestWindow(options.thread_count, MAX_HELD_BODY_BYTES)
         # (origin, file path) -> when asked, the file's rules; one request per file per origin.
         self._policies: dict[tuple[str, str], tuple[float, asyncio.Future[PolicyFile]]] = {}
-        self._policy_loads: set[asyncio.Future[None]] = set()
         self._policy_paths = files_to_fetch(options)
         tokens = (options.user_agent_token, PRODUCT_TOKEN, IMG2DATASET_TOKEN)
         self._product_tokens = tuple(dict.fromkeys(t.lower() for t in tokens if t))
@@ -472,8 +471,8 @@ class Fetcher:
     async def _check_policies(self, url: URL) -> None:
         """Refuse ``url`` if its origin's policy files say so (or could not be read)."""
         origin = _origin(url)
-        futures = self._policy_files(origin)
-        for future in futures.values():  # all started: they run concurrently
+        futures = {path: self._policy_file(origin, path) for path in self._policy_paths}
+        for future in futures.values():  # all started above: they run concurrently
             if not future.done():
                 # shield: one request's deadline must not cancel the fetch that others wait for
                 await asyncio.shield(future)
@@ -482,47 +481,14 @@ class Fetcher:
         if verdict is not None:
             raise _refused(verdict)
 
-    def _policy_files(self, origin: str) -> dict[str, asyncio.Future[PolicyFile]]:
-        """The origin's policy files, each loaded at most once (again after a while if it was
-        unavailable); the ones to load now are asked together, in one place of the window."""
-        missing = []
-        for path in self._policy_paths:
-            loaded = self._policies.get((origin, path))
-            if loaded is None or _expired(loaded):
-                missing.append(path)
-        if missing:
-            loop = asyncio.get_running_loop()
-            now = time.monotonic()
-            pending = {path: loop.create_future() for path in missing}
-            for path, future in pending.items():
-                self._policies[(origin, path)] = (now, future)
-            task = asyncio.ensure_future(self._load_policies(origin, pending))
-            self._policy_loads.add(task)  # held, so that it is not collected half-way
-            task.add_done_callback(self._policy_loads.discard)
-        return {path: self._policies[(origin, path)][1] for path in self._policy_paths}
-
-    async def _load_policies(self, origin: str, pending: dict[str, asyncio.Future[PolicyFile]]) -> None:
-        """Fetch ``pending`` files of one origin at once, in one place of the request window.
-
-        No host turn (the origin's image rows all wait for these anyway), but a place in the
-        window: a long tail starts thousands of origins at once, and so many DNS lookups and
-        connections in one burst are a flood, not a crawl. One place per origin, not per file:
-        the files share the origin's name lookup and host, and three places per origin (robots.txt,
-        tdmrep.json, ai.txt) left a long tail's images a quarter of the window.
-        """
-        try:
-            async with self.window.request():
-                loaded = await asyncio.gather(*(self._load_policy(origin, path) for path in pending))
-        except BaseException as error:  # never leave a row waiting on a file nobody fetches
-            for future in pending.values():
-                if not future.done():
-                    future.set_result(Unavailable(f"policy check interrupted: {type(error).__name__}"))
-            if not isinstance(error, Exception):
-                raise
-            return
-        for future, policy in zip(pending.values(), loaded, strict=True):
-            if not future.done():
-                future.set_result(policy)
+    def _policy_file(self, origin: str, path: str) -> asyncio.Future[PolicyFile]:
+        loaded = self._policies.get((origin, path))
+        if loaded is None or _expired(loaded):
+            loaded = self._policies[(origin, path)] = (
+                time.monotonic(),
+                asyncio.ensure_future(self._load_policy(origin, path)),
+            )
+        return loaded[1]
 
     async def _load_policy(self, origin: str, path: str) -> PolicyFile:
         """Fetch and parse one policy file of an origin; RFC 9309 §2.3.1 decides on failures."""
@@ -535,9 +501,13 @@ class Fetcher:
         seconds = min(self._options.timeout, ROBOTS_TIMEOUT_S)
         try:
             first = _checked_url(f"{origin}{path}", self._options.allow_private_addresses)
-            status, data = await self._with_deadline(
-                seconds, self._follow(first, read, ROBOTS_MAX_REDIRECTS, check_robots=False)
-            )
+            # No host turn (the origin's image rows all wait for this one request anyway), but a
+            # place in the request window: a long tail starts thousands of these at once, and
+            # so many DNS lookups and connections in one burst are a flood, not a crawl.
+            async with self.window.request():
+                status, data = await self._with_deadline(
+                    seconds, self._follow(first, read, ROBOTS_MAX_REDIRECTS, check_robots=False)
+                )
         except (FetchError, AddressRefused) as error:
             if str(error).startswith("too many redirects"):
                 return no_policy(path)  # RFC 9309: may be treated as unavailable (4xx)
