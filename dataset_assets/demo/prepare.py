@@ -90,6 +90,9 @@ def caption(i: int) -> str:
     return " ".join(words) + f" photo {i}"
 
 
+FIRST_WART_ROW = 3  # the broken rows come after the rows they duplicate
+
+
 def write_url_list(path: Path, server: ImageServer, names: list[str]) -> int:
     rows = [(server.url(name), caption(i), i) for i, name in enumerate(names)]
     n = len(names)
@@ -106,7 +109,11 @@ def write_url_list(path: Path, server: ImageServer, names: list[str]) -> int:
         (server.url_for("/robots-tag/noai/" + names[4 % n]), "an opted-out image", base + 7),
         (server.url_for("/html"), "an html page instead of an image", base + 8),
     ]
-    rows += warts
+    # Spread through the list, not appended: at the end they made the last shard (1504 rows cut
+    # into 250s) four broken rows and nothing else, a shard below any success floor.
+    step = max(1, (len(rows) - FIRST_WART_ROW) // (len(warts) + 1))
+    for k, wart in enumerate(warts):
+        rows.insert(min(len(rows), FIRST_WART_ROW + (k + 1) * step + k), wart)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["url", "caption", "source_id"])
