@@ -3,6 +3,7 @@
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from dataset_assets.assets import figures
 from dataset_assets.assets.quality import REPORT_NAME, dataset_verification
 from dataset_assets.assets.urls import FILTER_REPORT_NAME
 from dataset_assets.io.storage import OutputFolder
@@ -37,6 +38,6 @@ def dataset_card(
             "card": dg.MetadataValue.md(ui_markdown(card)),
             "path": dg.MetadataValue.path(paths[-1]),
             "images": int(card.totals["successes"]),
-            "success_rate": dg.MetadataValue.float(card.totals["success_rate"]),
+            "success_rate": figures.rate(card.totals["success_rate"]),
         }
     )

@@ -78,10 +78,16 @@ def failures_table(counts: Mapping[str, int], rows: int) -> dg.MetadataValue:
 
 
 def files_table(files: Iterable[tuple[str, int | None]]) -> dg.MetadataValue:
-    """(path or URL, size in bytes or None for a folder) as a table, one file a row."""
+    """(path or URL, size in bytes or None where none was recorded) as a table, one file a row.
+
+    The stats file is written after the sizes it records, so it has none; nor has a folder."""
     records = [
         dg.TableRecord(
-            {"file": path, "size": human_bytes(size) if size is not None else "folder", "bytes": size or 0}
+            {
+                "file": path,
+                "size": human_bytes(size) if size is not None else "not recorded",
+                "bytes": size or 0,
+            }
         )
         for path, size in files
     ]
