@@ -62,7 +62,7 @@ def column_chart(
     values: Sequence[float],
     *,
     top: float | None = None,
-    value_label: Callable[[float], str] = lambda v: f"{v:g}",
+    value_label: Callable[[float], str] = lambda v: f"{v:.3g}",  # axis ticks: 69.3, not 69.3325
     first_label: str = "",
     last_label: str = "",
 ) -> bytes:
