@@ -393,6 +393,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="processes_count for every variant")
     parser.add_argument("--ours-threads", type=int, default=None, help="thread_count of (a) (256)")
     parser.add_argument("--ours-per-host", type=int, default=None, help="max_connections_per_host of (a)")
+    parser.add_argument(
+        "--ours-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="another option of (a) and (c), e.g. respect_tdmrep=False (repeatable)",
+    )
     parser.add_argument("--img2dataset-threads", type=int, default=None, help="thread_count of (b) (32)")
     parser.add_argument("--img2dataset-venv", type=Path, default=DEFAULT_CACHE / "img2dataset-venv")
     parser.add_argument("--img2dataset-spec", default="img2dataset", help="pip requirement to install")
@@ -443,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in preset.items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
+    extra: dict[str, str] = {}
+    for item in args.ours_option:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--ours-option wants NAME=VALUE, not {item!r}")
+        extra[name.strip()] = value.strip()
     # On SIGTERM, unwind normally: the measured run's process group and the server get stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -517,9 +530,9 @@ def main(argv: list[str] | None = None) -> int:
                     tuning = {"thread_count": str(args.ours_threads), "timeout": "10", "retries": "0"}
                     if args.ours_per_host:
                         tuning["max_connections_per_host"] = str(args.ours_per_host)
-                    cmd = ours_cmd(urls, out, args.processes, tuning, args.shard_rows)
+                    cmd = ours_cmd(urls, out, args.processes, {**tuning, **extra}, args.shard_rows)
                 else:
-                    cmd = ours_cmd(urls, out, args.processes, {}, args.shard_rows)
+                    cmd = ours_cmd(urls, out, args.processes, extra, args.shard_rows)
                 best: RunResult | None = None
                 best_site: dict[str, float] = {}
                 for attempt in range(args.retry_disturbed + 1):

@@ -49,6 +49,8 @@ READ_CHUNK = 64 * 1024
 # Per-origin policy files (robots.txt, tdmrep.json, ai.txt) share robots.txt's limits.
 ROBOTS_TIMEOUT_S = 10.0
 ROBOTS_MAX_REDIRECTS = 5  # RFC 9309 §2.3.1.2
+# An error page for a policy file is read (and dropped) up to this size, keeping the connection.
+MAX_DRAINED_ERROR_BYTES = 64 * 1024
 ROBOTS_RETRY_S = 30.0  # an unavailable policy file is asked again after this long (not per row)
 # A throttled row with a Retry-After is retried this many times after the wait, on top of retries.
 MAX_THROTTLED_RETRIES = 3
@@ -307,6 +309,7 @@ class Fetcher:
         # (origin, file path) -> when asked, the file's rules; one request per file per origin.
         self._policies: dict[tuple[str, str], tuple[float, asyncio.Future[PolicyFile]]] = {}
         self._policy_paths = files_to_fetch(options)
+        self._policy_loaders: set[asyncio.Future[None]] = set()
         tokens = (options.user_agent_token, PRODUCT_TOKEN, IMG2DATASET_TOKEN)
         self._product_tokens = tuple(dict.fromkeys(t.lower() for t in tokens if t))
 
@@ -471,8 +474,8 @@ class Fetcher:
     async def _check_policies(self, url: URL) -> None:
         """Refuse ``url`` if its origin's policy files say so (or could not be read)."""
         origin = _origin(url)
-        futures = {path: self._policy_file(origin, path) for path in self._policy_paths}
-        for future in futures.values():  # all started above: they run concurrently
+        futures = self._policy_files(origin)
+        for future in futures.values():
             if not future.done():
                 # shield: one request's deadline must not cancel the fetch that others wait for
                 await asyncio.shield(future)
@@ -481,37 +484,78 @@ class Fetcher:
         if verdict is not None:
             raise _refused(verdict)
 
-    def _policy_file(self, origin: str, path: str) -> asyncio.Future[PolicyFile]:
-        loaded = self._policies.get((origin, path))
-        if loaded is None or _expired(loaded):
-            loaded = self._policies[(origin, path)] = (
-                time.monotonic(),
-                asyncio.ensure_future(self._load_policy(origin, path)),
-            )
-        return loaded[1]
+    def _policy_files(self, origin: str) -> dict[str, asyncio.Future[PolicyFile]]:
+        """Each policy file of ``origin``: cached, or asked now (the missing ones in one go)."""
+        futures: dict[str, asyncio.Future[PolicyFile]] = {}
+        missing: list[tuple[str, asyncio.Future[PolicyFile]]] = []
+        for path in self._policy_paths:
+            loaded = self._policies.get((origin, path))
+            if loaded is None or _expired(loaded):
+                future: asyncio.Future[PolicyFile] = asyncio.get_running_loop().create_future()
+                loaded = self._policies[(origin, path)] = (time.monotonic(), future)
+                missing.append((path, future))
+            futures[path] = loaded[1]
+        if missing:
+            loader = asyncio.ensure_future(self._load_policies(origin, missing))
+            self._policy_loaders.add(loader)
+            loader.add_done_callback(self._policy_loaders.discard)
+        return futures
+
+    async def _load_policies(self, origin: str, files: list[tuple[str, asyncio.Future[PolicyFile]]]) -> None:
+        """Ask an origin's policy files one after the other, in one place of the request window.
+
+        Why in sequence: they then share one kept-alive connection (and the origin's first image
+        request takes it over), where asking them at once opened one connection each. A long
+        tail's origins mostly hold one image, so that was three connections per image; in the
+        window, a file after another holds one place as long as three files at once hold three.
+        Why one place for all: a long tail starts thousands of origins at once, and so many DNS
+        lookups and connections in one burst are a flood, not a crawl (no host turn: the origin's
+        image rows all wait for these requests anyway). An origin that cannot be reached is not
+        asked again for the next file.
+        """
+        pending = list(files)
+        try:
+            async with self.window.request():
+                while pending:
+                    path, future = pending[0]
+                    loaded = await self._load_policy(origin, path)
+                    pending.pop(0)
+                    future.set_result(loaded)
+                    if isinstance(loaded, Unavailable) and loaded.unreachable:
+                        for _, rest in pending:
+                            rest.set_result(loaded)
+                        pending = []
+        except BaseException as error:
+            for _, future in pending:
+                if not future.done():
+                    if isinstance(error, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
 
     async def _load_policy(self, origin: str, path: str) -> PolicyFile:
         """Fetch and parse one policy file of an origin; RFC 9309 §2.3.1 decides on failures."""
 
         async def read(response: aiohttp.ClientResponse, _: URL) -> tuple[int, bytes]:
-            if response.status >= 400:
-                return response.status, b""
-            return response.status, await self._read_capped(response, MAX_ROBOTS_BYTES, truncate=True)
+            data = b""
+            if response.status < 400 or (response.content_length or 0) <= MAX_DRAINED_ERROR_BYTES:
+                # An error page is read too (when small): a body left unread closes the connection.
+                data = await self._read_capped(response, MAX_ROBOTS_BYTES, truncate=True)
+            return response.status, data
 
         seconds = min(self._options.timeout, ROBOTS_TIMEOUT_S)
         try:
             first = _checked_url(f"{origin}{path}", self._options.allow_private_addresses)
-            # No host turn (the origin's image rows all wait for this one request anyway), but a
-            # place in the request window: a long tail starts thousands of these at once, and
-            # so many DNS lookups and connections in one burst are a flood, not a crawl.
-            async with self.window.request():
-                status, data = await self._with_deadline(
-                    seconds, self._follow(first, read, ROBOTS_MAX_REDIRECTS, check_robots=False)
-                )
+            status, data = await self._with_deadline(
+                seconds, self._follow(first, read, ROBOTS_MAX_REDIRECTS, check_robots=False)
+            )
         except (FetchError, AddressRefused) as error:
             if str(error).startswith("too many redirects"):
                 return no_policy(path)  # RFC 9309: may be treated as unavailable (4xx)
-            return Unavailable(str(error))
+            unreachable = isinstance(error, AddressRefused) or error.host_failure
+            return Unavailable(str(error), unreachable=unreachable)
         if status == 429 or status >= 500:
             return Unavailable(f"HTTP {status}")
         if status >= 400:

@@ -9,6 +9,9 @@ worker processes; each signal's option turns it off; an unreadable file is an ou
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import pyarrow.parquet as pq
@@ -217,15 +220,54 @@ def test_no_policy_file_is_asked_for_when_every_signal_is_off(consent_web: Image
     assert not set(POLICY_FILES) & set(s.stats.paths)
 
 
-def test_an_origins_policy_files_are_asked_for_together(tmp_path) -> None:
-    # 0.3 s per answer: asked one after another they would add 0.9 s before the first image.
-    config = ServerConfig(latency_s=(0.3, 0.3), max_lifetime_s=60)
+def test_an_origins_policy_files_and_first_image_share_one_connection(tmp_path) -> None:
+    # Asked at once, the three files opened three connections: on a long tail (one image per
+    # origin) that was three connections per image.
+    config = ServerConfig(latency_s=(0.05, 0.05), max_lifetime_s=60)
     with ImageServer(images={"a.jpg": make_image(1, 40, 30)}, config=config) as server:
         stats = download_shard(rows([server.url("a.jpg")]), str(tmp_path), local_options(), shard_id=0)
         assert stats.successes == 1
         seen = server.stats
-        assert sorted(seen.paths[:3]) == sorted(POLICY_FILES) and seen.paths[3] == "/img/a.jpg"
-        assert seen.host().peak_in_flight == len(POLICY_FILES)
+        assert seen.paths == [*POLICY_FILES, "/img/a.jpg"]
+        assert seen.host().total_connections == 1
+        assert seen.host().peak_in_flight == 1
+
+
+def test_an_unreachable_origin_costs_one_policy_request(tmp_path) -> None:
+    # A host that hangs up on every connection: robots.txt fails, and the origin's other files
+    # are not tried (each would cost another failed connection, or another timeout).
+    accepted = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.settimeout(0.2)
+        port = listener.getsockname()[1]
+        done = threading.Event()
+
+        def hang_up() -> None:
+            deadline = time.monotonic() + 30
+            while not done.is_set() and time.monotonic() < deadline:
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                accepted.append(conn.recv(4096).split(b"\r\n", 1)[0])
+                conn.close()
+
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
+        try:
+            urls = [f"http://127.0.0.1:{port}/img/{k}.jpg" for k in range(3)]
+            stats = download_shard(rows(urls), str(tmp_path), local_options(), shard_id=0)
+        finally:
+            done.set()
+            thread.join(5)
+    assert stats.successes == 0
+    # (aiohttp itself sends a GET again once when the server hangs up on it)
+    assert accepted and set(accepted) == {b"GET /robots.txt HTTP/1.1"}
+    (message,) = {message for _, message in _outcomes(tmp_path).values()}
+    assert message.startswith(f"robots.txt of http://127.0.0.1:{port} unavailable (connection closed early")
+    assert stats.opt_outs == {}
 
 
 @pytest.mark.parametrize(

@@ -35,9 +35,14 @@ class PolicyOptions(Protocol):
 
 @dataclass(frozen=True)
 class Unavailable:
-    """A policy file that could not be read (timeout, connection failure, 5xx, 429)."""
+    """A policy file that could not be read (timeout, connection failure, 5xx, 429).
+
+    ``unreachable``: the origin itself could not be reached (no answer at all), so its other
+    files are not asked either this time.
+    """
 
     reason: str
+    unreachable: bool = False
 
 
 @dataclass(frozen=True)
