@@ -590,7 +590,10 @@ class _HostRouter:
         while True:
             with self.lock:
                 for worker, ready in enumerate(self._ready):
-                    while ready:
+                    # Only this thread puts: a queue that is not full now takes the next put.
+                    # (Trying and failing cost a registration and its undoing per row, 100
+                    # times a second while a worker was behind.)
+                    while ready and not self._queues[worker].full():
                         chunk = ready[0]
                         for task in chunk:  # before the put: its result may come back at once
                             self._out[(task.shard_id, task.index)] = (worker, task)

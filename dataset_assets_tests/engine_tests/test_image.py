@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageOps
 from PIL.TiffImagePlugin import IFDRational
 
-from dataset_assets.engine.image import ImageProcessor, ImageRejected, ProcessedImage, _probe
+from dataset_assets.engine.image import ImageProcessor, ImageRejected, ProcessedImage, _probe, header_size
 from dataset_assets.engine.options import INTERPOLATIONS, DownloadOptions
 
 RED = (0, 0, 255)  # BGR
@@ -631,3 +631,31 @@ def test_malformed_boxes_are_rejected(boxes: list) -> None:
     raw = cv_encode(textured(50, 50))
     with pytest.raises(ImageRejected, match="bounding box"):
         processor().process(raw, boxes)
+
+
+@pytest.mark.parametrize(
+    ("encode", "params"),
+    [
+        (".jpg", []),
+        (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+        (".jpg", [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]),
+        (".png", []),
+        (".webp", []),
+    ],
+)
+def test_header_size_is_what_pillow_reads_and_what_was_encoded(encode, params) -> None:
+    pixels = np.random.default_rng(3).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(encode, pixels, params)
+    assert ok
+    raw = encoded.tobytes()
+    with Image.open(io.BytesIO(raw)) as im:
+        assert header_size(raw) == im.size == (53, 37)
+
+
+def test_header_size_of_junk_and_of_a_jpeg_cut_before_its_frame_header() -> None:
+    _, encoded = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    raw = encoded.tobytes()
+    frame = raw.index(b"\xff\xc0")
+    assert header_size(raw[:frame]) is None
+    assert header_size(b"not an image") is None
+    assert header_size(b"\xff\xd8\xff") is None
