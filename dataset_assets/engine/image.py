@@ -37,6 +37,7 @@ from PIL import Image
 
 from dataset_assets.engine.blur import blur_boxes, parse_bboxes
 from dataset_assets.engine.exif import exif_dict
+from dataset_assets.engine.jpeg_segments import jpeg_segments
 from dataset_assets.engine.options import DownloadOptions
 from dataset_assets.engine.records import ImageRejected
 
@@ -360,37 +361,23 @@ class ImageProcessor:
 
 
 # ---------------------------------------------------------------------- decode
+# SOF0..SOF15 (0xC4, 0xC8 and 0xCC in that range are other segments)
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _HEADER_LOCK = threading.Lock()  # header_size lifts Pillow's global pixel limit for one call
 
 
 def _jpeg_frame_size(raw: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's start-of-frame segment, walking the markers; None when
-    it is not a JPEG or the walk does not reach a frame header with a size."""
+    """(width, height) from a JPEG's start-of-frame segment; None when it is not a JPEG or the
+    walk does not reach a frame header with a size."""
     if raw[:2] != b"\xff\xd8":
         return None
-    pos = 2
-    while pos + 4 <= len(raw):
-        if raw[pos] != 0xFF:
-            return None
-        marker = raw[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
-            pos += 2
-            continue
-        if marker in (0xD9, 0xDA):  # end of image or a scan before any frame header
-            return None
-        length = int.from_bytes(raw[pos + 2 : pos + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOF0..SOF15
-            if pos + 9 > len(raw) or length < 7:
+    for marker, start, end in jpeg_segments(raw):
+        if marker in _JPEG_FRAME_MARKERS:
+            if end - start < 5 or start + 5 > len(raw):
                 return None
-            height = int.from_bytes(raw[pos + 5 : pos + 7], "big")
-            width = int.from_bytes(raw[pos + 7 : pos + 9], "big")
+            height = int.from_bytes(raw[start + 1 : start + 3], "big")
+            width = int.from_bytes(raw[start + 3 : start + 5], "big")
             return (width, height) if width and height else None
-        if length < 2:
-            return None
-        pos += 2 + length
     return None
 
 

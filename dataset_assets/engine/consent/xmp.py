@@ -31,6 +31,8 @@ import struct
 import zlib
 from collections.abc import Iterator
 
+from dataset_assets.engine.jpeg_segments import CORRUPT, jpeg_segments
+
 MAX_PACKET_BYTES = 4 * 1024 * 1024  # of one packet examined (a real one is a few KB)
 MAX_PACKETS = 16  # packets examined per image
 REFUSING_PREFIX = "DMI-PROHIBITED"
@@ -101,33 +103,21 @@ def xmp_packets(data: bytes) -> Iterator[bytes]:
 
 def _jpeg_packets(data: bytes) -> Iterator[bytes]:
     extended: dict[int, bytes] = {}
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return  # not a marker: corrupt, nothing more to trust
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
+    for marker, start, end in jpeg_segments(data):
+        if marker == CORRUPT:
+            return  # nothing more to trust
+        if marker != 0xE1:
             continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length
-            pos += 2
-            continue
-        if marker in (0xDA, 0xD9):  # start of scan / end of image: metadata comes before
-            break
-        (length,) = struct.unpack_from(">H", data, pos + 2)
-        if length < 2:
-            return
-        payload = data[pos + 4 : pos + 2 + length]
-        if marker == 0xE1 and payload.startswith(_JPEG_XMP):
+        payload = data[start:end]
+        if payload.startswith(_JPEG_XMP):
             yield payload[len(_JPEG_XMP) :]
-        elif marker == 0xE1 and payload.startswith(_JPEG_EXTENDED_XMP):
+        elif payload.startswith(_JPEG_EXTENDED_XMP):
             # GUID (32) + full length (4) + offset (4) + this chunk of the extended packet
             head = len(_JPEG_EXTENDED_XMP) + 32
             if len(payload) >= head + 8:
                 (offset,) = struct.unpack_from(">I", payload, head + 4)
                 if offset < MAX_PACKET_BYTES:
                     extended[offset] = payload[head + 8 :]
-        pos += 2 + length
     if extended:
         yield b"".join(extended[offset] for offset in sorted(extended))[:MAX_PACKET_BYTES]
 
