@@ -3,9 +3,11 @@
 It plays a caching recursive resolver: the first query for a name waits ``cold_s`` (tens of
 milliseconds, as a lookup that has to go out to the name's authority does), later ones answer
 at once. Names ``<anything>.ip<N>.test`` resolve to 127.0.0.N (A records only; AAAA gets an
-empty answer); everything else is NXDOMAIN. It only ever binds 127.0.0.1, so it is meant to
-run inside a network namespace of its own (``unshare -n -m`` with a bind-mounted
-resolv.conf), never in place of the machine's resolver. It stops by itself after its lifetime.
+empty answer); everything else is NXDOMAIN. With ``lose_first`` N, the first N queries of each
+(name, type) get no answer at all, as datagrams lost on a loaded network or resolver. It only
+ever binds 127.0.0.1, so it is meant to run inside a network namespace of its own (``unshare
+-n -m`` with a bind-mounted resolv.conf), never in place of the machine's resolver. It stops
+by itself after its lifetime.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class _Protocol(asyncio.DatagramProtocol):
             return
         parsed = parse_question(data)
         delay = self._server.delay_for(parsed[2], parsed[3]) if parsed else 0.0
+        if delay is None:
+            return
         loop = asyncio.get_running_loop()
         if delay > 0:
             loop.call_later(delay, self._transport.sendto, reply, addr)
@@ -96,9 +100,15 @@ class SlowDns:
     """The server, on its own thread and event loop; counts queries per name."""
 
     def __init__(
-        self, cold_s: tuple[float, float] = (0.04, 0.08), port: int = 53, lifetime_s: float = 3600.0
+        self,
+        cold_s: tuple[float, float] = (0.04, 0.08),
+        port: int = 53,
+        lifetime_s: float = 3600.0,
+        lose_first: int = 0,
     ) -> None:
         self.cold_s = cold_s
+        self.lose_first = lose_first
+        self._asked: collections.Counter[tuple[str, int]] = collections.Counter()
         self.port = port
         self.lifetime_s = lifetime_s
         self._ready_at: dict[str, float] = {}
@@ -110,13 +120,16 @@ class SlowDns:
         self._started = threading.Event()
         self._error: BaseException | None = None
 
-    def delay_for(self, name: str, qtype: int) -> float:
-        """Seconds until this name's answer is known (0 once it is cached). Counts A queries:
-        one per lookup whatever else (AAAA) the client asks alongside."""
+    def delay_for(self, name: str, qtype: int) -> float | None:
+        """Seconds until this name's answer is known (0 once it is cached), None if this query
+        is lost. Counts A queries: one per lookup whatever else (AAAA) the client asks alongside."""
         now = time.monotonic()
         with self._lock:
             if qtype == A:
                 self.queries[name] += 1
+            self._asked[(name, qtype)] += 1
+            if self._asked[(name, qtype)] <= self.lose_first:
+                return None
             ready = self._ready_at.get(name)
             if ready is None:
                 ready = self._ready_at[name] = now + self._rng.uniform(*self.cold_s)
@@ -126,6 +139,7 @@ class SlowDns:
         """Zero the counters (and make every name cold again): call between measured runs."""
         with self._lock:
             self.queries.clear()
+            self._asked.clear()
             if forget_cache:
                 self._ready_at.clear()
 

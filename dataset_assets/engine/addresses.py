@@ -21,6 +21,13 @@ from aiohttp.resolver import AsyncResolver, DefaultResolver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+# Times c-ares sends a lookup before giving up. Why more than resolv.conf's usual 2: c-ares
+# times an attempt out at 5x the server's recent average answer time (250 ms at least), and a
+# long tail's cold lookups (tens of ms, a few far slower) sit beside cached ones that answer
+# at once, so a slow cold answer or one lost datagram under load used to fail the name's rows
+# (each try doubles the wait: 4 tries cover about 4 s).
+DNS_TRIES = 4
+
 # Host names of cloud metadata endpoints; their addresses are refused anyway, but a resolver
 # could map them elsewhere, so they are refused by name too.
 METADATA_HOSTNAMES = frozenset(
@@ -164,7 +171,7 @@ def _inner_resolver() -> AbstractResolver:
     """c-ares (aiodns) where installed: lookups on the event loop, not on a small thread pool
     per process (a long tail of names spends tens of milliseconds per cold lookup)."""
     try:
-        return AsyncResolver()
+        return AsyncResolver(tries=DNS_TRIES)
     except RuntimeError:  # aiodns missing
         return DefaultResolver()
 

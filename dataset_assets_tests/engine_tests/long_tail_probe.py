@@ -25,7 +25,8 @@ NAMES = 300
 ADDRESSES = 4
 
 
-def main() -> int:
+def main(rows: int = ROWS, names: int = NAMES, lose_first: int = 0) -> int:
+    """``lose_first``: the DNS server ignores the first that many queries of each name."""
     work = Path(tempfile.mkdtemp(prefix="long_tail_"))
     corpus = work / "corpus"
     corpus.mkdir()
@@ -33,8 +34,8 @@ def main() -> int:
         (corpus / corpus_name(i)).write_bytes(make_image(i, 96 + i, 64, "jpg"))
     server = start_server(corpus, hosts=ADDRESSES, latency=(0.0, 0.02), lifetime_s=120, recorded_paths=5000)
     try:
-        with SlowDns(cold_s=(0.04, 0.08), lifetime_s=120) as dns:
-            used = write_url_list(work / "urls.parquet", server, ROWS, corpus_size=8, host_names=NAMES)
+        with SlowDns(cold_s=(0.04, 0.08), lifetime_s=120, lose_first=lose_first) as dns:
+            used = write_url_list(work / "urls.parquet", server, rows, corpus_size=8, host_names=names)
             urls = pq.read_table(work / "urls.parquet").rename_columns(["url", "caption"])
             options = DownloadOptions(
                 allow_private_addresses=True,
@@ -42,20 +43,21 @@ def main() -> int:
                 thread_count=64,
                 timeout=5,
                 output_format="parquet",
-                number_sample_per_shard=ROWS,
+                number_sample_per_shard=rows,
             )
             started = time.monotonic()
             stats = download_shard(urls, str(work / "out"), options, shard_id=0)
             elapsed = time.monotonic() - started
             seen = server.stats()
             report = {
-                "rows": ROWS,
+                "rows": rows,
                 "hosts_used": used,
                 "successes": stats.successes,
                 "failures": {k: v for k, v in stats.status_dict.items() if k != "success"},
                 "dns_names": len(dns.queries),
                 "dns_lookups": sum(dns.queries.values()),
                 "max_lookups_one_name": max(dns.queries.values(), default=0),
+                "min_lookups_one_name": min(dns.queries.values(), default=0),
                 "robots_txt_requests": sum(s.paths.count("/robots.txt") for s in seen),
                 "tdmrep_requests": sum(s.paths.count("/.well-known/tdmrep.json") for s in seen),
                 "ai_txt_requests": sum(s.paths.count("/ai.txt") for s in seen),
@@ -68,4 +70,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(*(int(arg) for arg in sys.argv[1:])))
