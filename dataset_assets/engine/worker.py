@@ -14,7 +14,6 @@ idle image thread takes from, so the image work, most of the CPU, still spreads 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import ctypes
@@ -220,11 +219,10 @@ class ImageHandoff:
         self._local: queue.SimpleQueue[ImageJob] = queue.SimpleQueue()
         self._window = window
         self._loop = loop
-        # Bytes processed and not yet given back to the window, and whether the loop has been
-        # asked to give them back: one wake-up of the loop covers every image done meanwhile.
-        self._released: collections.deque[int] = collections.deque()
-        self._release_lock = threading.Lock()
-        self._release_pending = False
+        # Whether the loop has been asked to let waiting requests in: one wake-up covers every
+        # image done meanwhile.
+        self._wake_lock = threading.Lock()
+        self._wake_pending = False
 
     def put(self, job: ImageJob) -> None:
         """From the event loop; never blocks. A local body stays in the window until processed."""
@@ -251,27 +249,22 @@ class ImageHandoff:
                 continue
 
     def done(self, job: ImageJob, local: bool) -> None:
-        """From the image thread: the body leaves the window (a wake-up per image cost ~5 %
-        of an image's CPU on small JPEGs, so wake-ups are coalesced)."""
-        if not local:
+        """From the image thread: the body leaves the window. The loop is woken only when a
+        request waits for room (see RequestWindow.give_back_from_thread), and once for every
+        image done before it runs."""
+        if not local or not self._window.give_back_from_thread(len(job.data)):
             return
-        self._released.append(len(job.data))
-        with self._release_lock:
-            if self._release_pending:
+        with self._wake_lock:
+            if self._wake_pending:
                 return
-            self._release_pending = True
+            self._wake_pending = True
         with contextlib.suppress(RuntimeError):  # the loop is closing: nothing waits anymore
-            self._loop.call_soon_threadsafe(self._give_back)
+            self._loop.call_soon_threadsafe(self._wake_window)
 
-    def _give_back(self) -> None:
-        """On the loop: everything processed since the last call leaves the window at once."""
-        with self._release_lock:
-            self._release_pending = False
-        total = 0
-        while self._released:
-            total += self._released.popleft()
-        if total:
-            self._window.release(total)
+    def _wake_window(self) -> None:
+        with self._wake_lock:
+            self._wake_pending = False
+        self._window.wake()
 
 
 def _malloc_trim() -> Any:

@@ -659,3 +659,62 @@ def test_header_size_of_junk_and_of_a_jpeg_cut_before_its_frame_header() -> None
     assert header_size(raw[:frame]) is None
     assert header_size(b"not an image") is None
     assert header_size(b"\xff\xd8\xff") is None
+
+
+def _jpeg_variants() -> dict[str, bytes]:
+    """JPEGs of every layout the segment reader reads or must leave to Pillow."""
+    rgb = Image.fromarray(np.random.default_rng(5).integers(0, 255, (29, 41, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the orientation must come through either reader
+    exif[0x010F] = "maker"
+
+    def save(image: Image.Image, **kwargs: object) -> bytes:
+        out = io.BytesIO()
+        image.save(out, "JPEG", **kwargs)
+        return out.getvalue()
+
+    plain = save(rgb)
+    sos = plain.index(b"\xff\xda")
+    with_exif = save(rgb, exif=exif.tobytes())
+    app1 = with_exif.index(b"\xff\xe1")
+    app1_end = app1 + 2 + int.from_bytes(with_exif[app1 + 2 : app1 + 4], "big")
+    return {
+        "baseline": plain,
+        "progressive": save(rgb, progressive=True),
+        "4:4:4": save(rgb, subsampling=0),
+        "grey": save(rgb.convert("L")),
+        "cmyk": save(rgb.convert("CMYK")),
+        "exif orientation 6": with_exif,
+        "broken exif": with_exif[: app1 + 10] + b"\x00" * (app1_end - app1 - 10) + with_exif[app1_end:],
+        "two exif segments": with_exif[:app1_end] + with_exif[app1:],
+        "junk before a marker": plain[:sos] + b"\x00junk" + plain[sos:],
+        "cut before the first scan": plain[:sos],
+        "cut inside the scan": plain[: sos + 40],
+        "12-bit frame header": plain.replace(b"\xff\xc0\x00\x11\x08", b"\xff\xc0\x00\x11\x0c", 1),
+        "no frame header": plain.replace(b"\xff\xc0", b"\xff\xfe", 1),
+    }
+
+
+@pytest.mark.parametrize("name", list(_jpeg_variants()))
+def test_the_jpeg_segment_reader_reads_every_header_as_pillow_does(name) -> None:
+    from dataset_assets.engine.image import _jpeg_layout, _probe_with_pillow
+
+    raw = _jpeg_variants()[name]
+
+    def read(probe) -> object:
+        try:
+            header = probe(raw)
+        except ImageRejected as error:
+            return str(error)
+        fields = {field: getattr(header, field) for field in header.__slots__}
+        fields["exif"] = dict(header.exif) if header.exif is not None else None
+        return fields
+
+    assert read(_probe) == read(_probe_with_pillow)
+    took_the_shortcut = _jpeg_layout(raw) is not None
+    plain = ("baseline", "progressive", "4:4:4", "grey", "cmyk", "exif orientation 6", "broken exif")
+    assert took_the_shortcut == (name in plain or name == "cut inside the scan")
+    if name == "exif orientation 6":
+        assert _probe(raw).orientation == 6
+    if name == "broken exif":
+        assert _probe(raw).exif_failed

@@ -83,3 +83,40 @@ def test_the_estimate_starts_at_a_megabyte_and_follows_the_bodies() -> None:
     assert body_estimate([10_000] * 4) == 1024 * 1024  # four small bodies prove little
     assert body_estimate([10_000] * 100) == 10_000
     assert body_estimate([10_000] * 80 + [900_000] * 20) == 900_000  # the 90th percentile
+
+
+def test_bytes_given_back_from_another_thread_let_a_waiting_request_in() -> None:
+    """The image thread gives bodies back without waking the loop unless a request waits; a
+    request that queued just as the bytes came back must still get in (no lost wake-up)."""
+    import threading
+
+    async def scenario() -> tuple[bool, bool, int, bool]:
+        loop = asyncio.get_running_loop()
+        window = RequestWindow(max_requests=4, max_bytes=1000)
+        for _ in range(2):
+            async with window.request() as ticket:
+                ticket.keep(700)  # complete bodies, waiting for the image stage
+        nobody_waits = not window.give_back_from_thread(400)  # 1000 still held: the window is full
+        woke = threading.Event()
+
+        def image_thread() -> None:
+            if window.give_back_from_thread(600):  # the request waits: wake the loop
+                woke.set()
+                loop.call_soon_threadsafe(window.wake)
+
+        async def waiting_request() -> int:
+            async with window.request():
+                return window.held_bytes
+
+        waiter = asyncio.create_task(waiting_request())
+        await asyncio.sleep(0.05)
+        still_waiting = not waiter.done()
+        threading.Thread(target=image_thread).start()
+        held_inside = await asyncio.wait_for(waiter, 5)
+        return nobody_waits, still_waiting, held_inside, woke.is_set()
+
+    nobody_waits, still_waiting, held_inside, woke = asyncio.run(scenario())
+    assert nobody_waits  # no request waited: the loop need not be woken for the first 400
+    assert still_waiting  # the 400 were counted out, and 1000 bytes still filled the window
+    assert held_inside == 400  # both give-backs were counted out when the request got in
+    assert woke
