@@ -46,7 +46,8 @@ PARENT_CHECK_S = 1.0
 MIN_ROW_WINDOW = 4096
 EXIT_IMAGE_THREAD_DIED = 4
 LOCAL_BACKLOG = 2  # bodies waiting for this worker's own image thread before others are asked
-IDLE_POLL_S = 0.005  # an idle image thread looks at the shared queue this often
+IDLE_POLL_S = 0.005  # an idle image thread looks at the shared queue this often at first,
+MAX_IDLE_POLL_S = 0.04  # and at least this often however long it stays idle
 TRIM_AFTER_BYTES = 1024 * 1024  # bodies this large leave big freed buffers behind (see below)
 SEND_AT_EXIT_S = 5.0  # a worker told to stop sends its last results within this
 
@@ -237,16 +238,27 @@ class ImageHandoff:
         self._local.put(job)
 
     def get(self) -> tuple[ImageJob, bool]:
-        """From the image thread: (job, whether it was this worker's own)."""
+        """From the image thread: (job, whether it was this worker's own).
+
+        Why wait only when both queues are empty: a thread helping a worker that owns a huge
+        host used to wait out the idle poll before each body it took from the shared queue,
+        so it helped at a fraction of its speed. An idle thread looks at the shared queue less
+        often the longer it stays idle (its own bodies wake it at once).
+        """
+        idle_wait = IDLE_POLL_S
         while True:
             try:
-                return self._local.get(timeout=IDLE_POLL_S), True
+                return self._local.get_nowait(), True
             except queue.Empty:
                 pass
             try:
                 return self._shared.get_nowait(), False
             except queue.Empty:
-                continue
+                pass
+            try:
+                return self._local.get(timeout=idle_wait), True
+            except queue.Empty:
+                idle_wait = min(2 * idle_wait, MAX_IDLE_POLL_S)
 
     def done(self, job: ImageJob, local: bool) -> None:
         """From the image thread: the body leaves the window. The loop is woken only when a
