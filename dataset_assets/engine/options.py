@@ -142,7 +142,14 @@ class DownloadOptions:
     processes_count: int = option(
         1, "Worker processes (each with its own event loop and image thread).", gt=0
     )
-    thread_count: int = option(256, "Concurrent requests per process (asyncio tasks, not threads).", gt=0)
+    thread_count: int = option(
+        256,
+        (
+            "Concurrent image requests per process (asyncio tasks, not threads); each process "
+            "also loads up to this many origins' policy files at once, beside them."
+        ),
+        gt=0,
+    )
     timeout: float = option(
         10.0, "Total deadline per request (connect + headers + body), from when it is sent.", gt=0
     )

@@ -17,6 +17,7 @@ from dataset_assets.engine.fetch import (
     RequestWindow,
     body_estimate,
 )
+from dataset_assets.engine.politeness import HostPoliteness
 from dataset_assets_tests.conftest import local_options
 from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
@@ -120,3 +121,61 @@ def test_bytes_given_back_from_another_thread_let_a_waiting_request_in() -> None
     assert still_waiting  # the 400 were counted out, and 1000 bytes still filled the window
     assert held_inside == 400  # both give-backs were counted out when the request got in
     assert woke
+
+
+def test_a_request_of_a_backlogged_host_goes_ahead_of_the_queue() -> None:
+    """A request that holds one of a capped host's slots, with more of its rows waiting for
+    one, is let in first: while it queued, the slot sat idle and the host's backlog grew."""
+
+    async def scenario() -> tuple[list[str], bool, bool]:
+        hosts = HostPoliteness(max_connections=1, requests_per_second=None, failure_limit=5)
+        window = RequestWindow(max_requests=2, max_bytes=1 << 20)
+        order: list[str] = []
+
+        async def row(name: str, host: str) -> None:
+            async with hosts.turn(host), window.request(first=hosts.backlogged(host)):
+                order.append(name)
+                await asyncio.sleep(0.05)
+
+        async with window.request():  # one place left for the rows
+            tasks = [asyncio.create_task(row("big0", "big.test"))]
+            await asyncio.sleep(0.01)  # big0 in flight, holding the big host's only slot
+            tasks += [asyncio.create_task(row(f"big{i}", "big.test")) for i in (1, 2)]
+            tasks += [asyncio.create_task(row(f"tail{i}", f"tail{i}.test")) for i in range(3)]
+            await asyncio.sleep(0.01)
+            backlogged = hosts.backlogged("big.test")
+            await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        return order, backlogged, hosts.backlogged("big.test")
+
+    order, backlogged, after = asyncio.run(scenario())
+    assert backlogged and not after
+    # big1 got the slot with big2 behind it, so it went ahead of tail1 and tail2 (first in,
+    # first out would be big0, tail0, tail1, tail2, big1, big2); big2 had no backlog.
+    assert order == ["big0", "tail0", "big1", "tail1", "tail2", "big2"]
+
+
+def test_policy_files_do_not_take_the_images_places() -> None:
+    """A slow origin's policy files (three answers in a row) must not hold back the images of
+    origins whose files are in: on a long tail, thousands of new origins' policy loads queued
+    ahead of every image and the cores waited."""
+
+    async def scenario(slow: ImageServer, fast: ImageServer) -> tuple[bool, bool]:
+        async with Fetcher(local_options(thread_count=1, timeout=20, retries=0)) as fetcher:
+            await fetcher.fetch(fast.url_for("/img/a.jpg"))  # the fast origin's files are in
+            slow_row = asyncio.create_task(fetcher.fetch(slow.url_for("/img/a.jpg")))
+            await asyncio.sleep(0.2)  # its policy load has begun (about 3 x 1.5 s)
+            body = await asyncio.wait_for(fetcher.fetch(fast.url_for("/img/b.jpg")), 3)
+            fetcher.window.release(len(body.data))
+            slow_still_loading = not slow_row.done()
+            await asyncio.wait_for(slow_row, 15)
+            return slow_still_loading, slow_row.exception() is None
+
+    images = {"a.jpg": BIG, "b.jpg": BIG}
+    slow_config = ServerConfig(latency_s=(1.5, 1.5), max_lifetime_s=60)
+    with (
+        ImageServer(images=images, config=slow_config) as slow,
+        ImageServer(images=images, config=ServerConfig(host="127.0.0.2", max_lifetime_s=60)) as fast,
+    ):
+        slow_still_loading, slow_ok = asyncio.run(scenario(slow, fast))
+    assert slow_still_loading  # the fast origin's image did not wait for the slow one's files
+    assert slow_ok
