@@ -225,10 +225,7 @@ class RequestWindow:
     they landed 150 MB over the window.
     Waiting here happens before a request's deadline starts, like waiting for a host's turn.
     Waiters are woken in order, one per free place (a condition variable would wake them all
-    on every request), except that a request whose host has a backlog goes first: it already
-    holds one of that host's few connection slots, and while it queues here the slot sits idle.
-    On a long tail behind a busy window (a queue of a second), that let the list's biggest host
-    run at a tenth of its cap, and its backlog became the run's last seconds on one core.
+    on every request).
     """
 
     def __init__(self, max_requests: int, max_bytes: int) -> None:
@@ -240,7 +237,6 @@ class RequestWindow:
         self._since_estimate = 0
         self._per_request = float(INITIAL_MEAN_BODY_BYTES)
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._first: collections.deque[asyncio.Future[None]] = collections.deque()  # backlogged hosts
         # Bodies given back from another thread (the image stage), not yet counted out here.
         self._given_back: collections.deque[int] = collections.deque()
 
@@ -272,14 +268,11 @@ class RequestWindow:
         return self._in_flight < limit and self._held_bytes < self._max_bytes
 
     @contextlib.asynccontextmanager
-    async def request(self, first: bool = False) -> AsyncIterator[BodyTicket]:
-        """A place in the window; the ticket's bytes are given back unless the body is kept.
-
-        ``first``: ahead of every other waiter (its host's backlog waits on it).
-        """
-        if self._waiters or self._first or not self._has_room():
+    async def request(self) -> AsyncIterator[BodyTicket]:
+        """A place in the window; the ticket's bytes are given back unless the body is kept."""
+        if self._waiters or not self._has_room():
             granted = asyncio.get_running_loop().create_future()
-            (self._first if first else self._waiters).append(granted)
+            self._waiters.append(granted)
             self._wake()  # bytes given back by another thread just before we queued
             try:
                 await granted  # _wake counted us in
@@ -314,15 +307,15 @@ class RequestWindow:
         looks at the bytes again (in :meth:`request`).
         """
         self._given_back.append(size)
-        return bool(self._waiters or self._first)
+        return bool(self._waiters)
 
     def wake(self) -> None:
         """On the loop: let in what the bytes given back from other threads make room for."""
         self._wake()
 
     def _wake(self) -> None:
-        while (self._first or self._waiters) and self._has_room():
-            waiter = (self._first or self._waiters).popleft()
+        while self._waiters and self._has_room():
+            waiter = self._waiters.popleft()
             if not waiter.done():
                 self._in_flight += 1
                 waiter.set_result(None)
@@ -389,10 +382,7 @@ class Fetcher:
                 first = _checked_url(url, self._options.allow_private_addresses)
                 if self._policy_paths:
                     await self._check_policies(first)
-                async with (
-                    self._hosts.turn(host),
-                    self.window.request(first=self._hosts.backlogged(host)) as ticket,
-                ):
+                async with self._hosts.turn(host), self.window.request() as ticket:
                     self._hosts.check(host)
                     read = functools.partial(self._read_image, ticket=ticket)
                     body = await self._with_deadline(self._options.timeout, self._follow(first, read))

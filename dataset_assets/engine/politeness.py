@@ -45,7 +45,6 @@ def worker_for(url: str, workers: int) -> int:
 @dataclass
 class _HostState:
     slots: asyncio.Semaphore
-    queued: int = 0  # rows waiting for a slot
     not_before: float = 0.0  # monotonic time before which no request starts (server backoff)
     next_slot: float = 0.0  # rate limiter: earliest start of the next request
     failures_in_a_row: int = 0
@@ -86,11 +85,7 @@ class HostPoliteness:
         """
         state = self._state(host)
         self._refuse_if_written_off(state, host)
-        state.queued += 1
-        try:
-            await state.slots.acquire()
-        finally:
-            state.queued -= 1
+        await state.slots.acquire()
         try:
             await self._wait_for_start(host, state)
             yield
@@ -115,12 +110,6 @@ class HostPoliteness:
                     state.next_slot = now + self._interval
                 return
             await asyncio.sleep(start - now)
-
-    def backlogged(self, host: str) -> bool:
-        """Whether rows of ``host`` wait for a connection slot: the host's cap, not the rest of
-        the run, is what holds them back."""
-        state = self._hosts.get(host)
-        return state is not None and state.queued > 0
 
     def check(self, host: str) -> None:
         """Refuse now if the host was written off while this row waited for something else."""

@@ -17,7 +17,6 @@ from dataset_assets.engine.fetch import (
     RequestWindow,
     body_estimate,
 )
-from dataset_assets.engine.politeness import HostPoliteness
 from dataset_assets_tests.conftest import local_options
 from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
 
@@ -121,37 +120,6 @@ def test_bytes_given_back_from_another_thread_let_a_waiting_request_in() -> None
     assert still_waiting  # the 400 were counted out, and 1000 bytes still filled the window
     assert held_inside == 400  # both give-backs were counted out when the request got in
     assert woke
-
-
-def test_a_request_of_a_backlogged_host_goes_ahead_of_the_queue() -> None:
-    """A request that holds one of a capped host's slots, with more of its rows waiting for
-    one, is let in first: while it queued, the slot sat idle and the host's backlog grew."""
-
-    async def scenario() -> tuple[list[str], bool, bool]:
-        hosts = HostPoliteness(max_connections=1, requests_per_second=None, failure_limit=5)
-        window = RequestWindow(max_requests=2, max_bytes=1 << 20)
-        order: list[str] = []
-
-        async def row(name: str, host: str) -> None:
-            async with hosts.turn(host), window.request(first=hosts.backlogged(host)):
-                order.append(name)
-                await asyncio.sleep(0.05)
-
-        async with window.request():  # one place left for the rows
-            tasks = [asyncio.create_task(row("big0", "big.test"))]
-            await asyncio.sleep(0.01)  # big0 in flight, holding the big host's only slot
-            tasks += [asyncio.create_task(row(f"big{i}", "big.test")) for i in (1, 2)]
-            tasks += [asyncio.create_task(row(f"tail{i}", f"tail{i}.test")) for i in range(3)]
-            await asyncio.sleep(0.01)
-            backlogged = hosts.backlogged("big.test")
-            await asyncio.wait_for(asyncio.gather(*tasks), 5)
-        return order, backlogged, hosts.backlogged("big.test")
-
-    order, backlogged, after = asyncio.run(scenario())
-    assert backlogged and not after
-    # big1 got the slot with big2 behind it, so it went ahead of tail1 and tail2 (first in,
-    # first out would be big0, tail0, tail1, tail2, big1, big2); big2 had no backlog.
-    assert order == ["big0", "tail0", "big1", "tail1", "tail2", "big2"]
 
 
 def test_policy_files_do_not_take_the_images_places() -> None:
