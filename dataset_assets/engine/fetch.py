@@ -56,6 +56,9 @@ ROBOTS_RETRY_S = 30.0  # an unavailable policy file is asked again after this lo
 MAX_THROTTLED_RETRIES = 3
 # What one worker holds in bodies (in flight and waiting for the image stage); see RequestWindow.
 MAX_HELD_BODY_BYTES = 48 * 1024 * 1024
+# Origins whose policy files load at once per worker (at most thread_count): each holds at most
+# one capped file (MAX_ROBOTS_BYTES) at a time, so 64 of them stay within 32 MB.
+MAX_POLICY_LOADS = 64
 INITIAL_MEAN_BODY_BYTES = 1024 * 1024
 # The window sizes one request by the bodies of the last ESTIMATE_OVER_BODIES (see RequestWindow).
 ESTIMATE_OVER_BODIES = 256
@@ -332,7 +335,7 @@ class Fetcher:
             options.max_connections_per_host, options.requests_per_second_per_host, options.host_failure_limit
         )
         self.window = RequestWindow(options.thread_count, MAX_HELD_BODY_BYTES)
-        self._policy_window = asyncio.Semaphore(options.thread_count)  # see _load_policies
+        self._policy_window = asyncio.Semaphore(min(options.thread_count, MAX_POLICY_LOADS))
         # (origin, file path) -> when asked, the file's rules; one request per file per origin.
         self._policies: dict[tuple[str, str], tuple[float, asyncio.Future[PolicyFile]]] = {}
         self._policy_paths = files_to_fetch(options)
@@ -538,10 +541,11 @@ class Fetcher:
         lookups and connections in one burst are a flood, not a crawl (no host turn: the origin's
         image rows all wait for these requests anyway). An origin that cannot be reached is not
         asked again for the next file.
-        Why a window of their own (``thread_count`` places, beside the images'): in the images'
-        window, the first thousands of rows of a long tail queued a policy load each ahead of
-        every image, and for the run's first seconds the cores waited for chains of three small
-        answers. Policy files are small and are read whole, so they need no byte budget.
+        Why a window of their own (``thread_count`` places, at most ``MAX_POLICY_LOADS``,
+        beside the images'): in the images' window, the first thousands of rows of a long tail
+        queued a policy load each ahead of every image, and for the run's first seconds the
+        cores waited for chains of three small answers. Each place holds one capped file at a
+        time, so the window needs no byte budget of its own.
         """
         pending = list(files)
         try:

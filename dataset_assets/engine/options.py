@@ -146,7 +146,7 @@ class DownloadOptions:
         256,
         (
             "Concurrent image requests per process (asyncio tasks, not threads); each process "
-            "also loads up to this many origins' policy files at once, beside them."
+            "also loads the policy files of up to this many origins (64 at most) at once, beside them."
         ),
         gt=0,
     )
