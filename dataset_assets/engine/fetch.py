@@ -38,7 +38,7 @@ from dataset_assets.engine.consent.origin_policy import (
     parse_policy,
 )
 from dataset_assets.engine.consent.robots import MAX_ROBOTS_BYTES
-from dataset_assets.engine.options import DownloadOptions
+from dataset_assets.engine.options import MAX_POLICY_LOADS, DownloadOptions
 from dataset_assets.engine.politeness import HostPoliteness, HostRefused, host_key
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -56,9 +56,6 @@ ROBOTS_RETRY_S = 30.0  # an unavailable policy file is asked again after this lo
 MAX_THROTTLED_RETRIES = 3
 # What one worker holds in bodies (in flight and waiting for the image stage); see RequestWindow.
 MAX_HELD_BODY_BYTES = 48 * 1024 * 1024
-# Origins whose policy files load at once per worker (at most thread_count): each holds at most
-# one capped file (MAX_ROBOTS_BYTES) at a time, so 64 of them stay within 32 MB.
-MAX_POLICY_LOADS = 64
 INITIAL_MEAN_BODY_BYTES = 1024 * 1024
 # The window sizes one request by the bodies of the last ESTIMATE_OVER_BODIES (see RequestWindow).
 ESTIMATE_OVER_BODIES = 256
