@@ -22,7 +22,9 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from dataset_assets.demo.prepare import DemoPaths, prepare_demo
@@ -73,16 +75,30 @@ def run_ui(paths: DemoPaths, server: ImageServer, port: int) -> None:
         flush=True,
     )
     ui = subprocess.Popen(argv, env=env)
-    try:
-        while ui.poll() is None:
+    with _interrupt_requests() as interrupted:
+        while ui.poll() is None and not interrupted.is_set():
             if server.wait(1.0):
                 print("the image server reached its time limit; stopping the UI", flush=True)
                 break
-    except KeyboardInterrupt:
-        pass
-    finally:
         _stop(ui)
     print("UI stopped; the image server stops now", flush=True)
+
+
+@contextlib.contextmanager
+def _interrupt_requests() -> Iterator[threading.Event]:
+    """Ctrl-C sets an event instead of raising, for as long as the UI runs and stops.
+
+    A KeyboardInterrupt can land anywhere, including inside the shutdown itself, and a
+    terminal or GNU ``timeout`` may deliver SIGINT twice (to the process, then to its group);
+    an exception there would leave ``dagster dev`` running and the demo dead by signal. The
+    shutdown escalates by itself in bounded time, so nothing needs a second Ctrl-C.
+    """
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: interrupted.set())
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _stop(ui: subprocess.Popen[bytes]) -> None:

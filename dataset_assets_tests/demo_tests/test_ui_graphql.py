@@ -349,6 +349,8 @@ def test_demo_ui_flag_serves_the_images_until_the_ui_stops(tmp_path: Path) -> No
         assert _answers(f"{image_url}/img/000001.jpg")  # still served while the UI runs
 
         os.kill(demo.pid, signal.SIGINT)  # timeout sends it on to its group, as a terminal's Ctrl-C
+        time.sleep(1.0)
+        os.killpg(demo.pid, signal.SIGINT)  # an impatient second Ctrl-C, during the shutdown
         assert demo.wait(90) == 0
     finally:
         with contextlib.suppress(ProcessLookupError):
