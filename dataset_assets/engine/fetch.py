@@ -658,7 +658,7 @@ def _wire_host(url: URL) -> str | None:
     name) behind a cache of 256 names, which a long tail of hosts misses on most rows.
     """
     raw = url.raw_host
-    if raw is None or not raw or raw[-1].isdigit() or ":" in raw:
+    if not raw or raw[-1].isdigit() or ":" in raw:
         return url.host  # an IP literal: yarl returns it undecoded, zone included
     return raw
 

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dataset_assets.engine.addresses import AddressRefused, check_host, legacy_ipv4, refusal_reason
+from dataset_assets.engine.fetch import _checked_url, _origin
 from dataset_assets.engine.runner import download_shard
 from dataset_assets_tests.conftest import local_options, rows
 from dataset_assets_tests.fakeweb.images import make_image
@@ -121,6 +122,27 @@ def test_private_addresses_need_the_option(host: str, canonical: str) -> None:
 )
 def test_public_hosts_pass_as_the_address_they_denote(host: str, canonical: str) -> None:
     assert check_host(host, allow_private=False) == canonical
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("http://Bücher.DE/a.jpg", "http://xn--bcher-kva.de:80"),  # a name: its IDNA form
+        ("http://xn--bcher-kva.de/a.jpg", "http://xn--bcher-kva.de:80"),  # the same origin
+        ("https://EXAMPLE.com/a.jpg", "https://example.com:443"),
+        ("http://[2001:db8::1]:8080/a.jpg", "http://2001:db8::1:8080"),  # an IP literal, as before
+    ],
+)
+def test_a_url_is_checked_and_keyed_by_the_host_it_contacts(url: str, origin: str) -> None:
+    """Policy files and address checks use the host as resolved (a name's ``xn--`` form)."""
+    assert _origin(url) == origin
+    assert _checked_url(url, allow_private=True).raw_host == origin.split("://")[1].rsplit(":", 1)[0]
+
+
+def test_a_unicode_spelling_of_a_metadata_host_is_refused() -> None:
+    fullwidth = "".join(chr(0xFEE0 + ord(c)) for c in "metadata")  # IDNA folds it to ASCII
+    with pytest.raises(AddressRefused, match="metadata"):
+        _checked_url(f"http://{fullwidth}.google.internal/computeMetadata/v1/", allow_private=True)
 
 
 def test_resolver_answers_are_judged_by_the_same_rules() -> None:
