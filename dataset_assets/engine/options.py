@@ -34,11 +34,11 @@ INTERPOLATIONS = (
     "lanczos4",
 )
 INCREMENTAL_MODES = ("incremental", "overwrite", "retry_failed")
-# The column of a shard's input holding the URL to request when it differs from the stored
-# ``url`` (the planner's normalised form); without it the trimmed ``url`` is requested.
 # Origins whose policy files one worker loads at once (at most thread_count): each holds at most
 # one capped file (500 KiB) at a time, so 64 of them stay within 32 MB (see Fetcher._load_policies).
 MAX_POLICY_LOADS = 64
+# The column of a shard's input holding the URL to request when it differs from the stored
+# ``url`` (the planner's normalised form); without it the trimmed ``url`` is requested.
 FETCH_URL_COLUMN = "fetch_url"
 DEFAULT_DISALLOWED_HEADER_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
 RESERVED_COLUMNS = frozenset(
