@@ -13,7 +13,14 @@ import pytest
 from PIL import Image, ImageOps
 from PIL.TiffImagePlugin import IFDRational
 
-from dataset_assets.engine.image import ImageProcessor, ImageRejected, ProcessedImage, _probe, header_size
+from dataset_assets.engine.image import (
+    ImageProcessor,
+    ImageRejected,
+    ProcessedImage,
+    _probe,
+    _supersampled_area,
+    header_size,
+)
 from dataset_assets.engine.options import INTERPOLATIONS, DownloadOptions
 
 RED = (0, 0, 255)  # BGR
@@ -437,6 +444,30 @@ def test_uneven_area_shrink_is_identical_to_opencv() -> None:
     out = decode(processor(resize_mode="keep_ratio", encode_format="png").process(cv_encode(image)))
     reference = cv2.resize(image, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_AREA)
     assert np.array_equal(out, reference)
+
+
+@pytest.mark.parametrize(
+    ("size_in", "aliasing_shows"),
+    [((457, 300), False), ((500, 260), False), ((600, 400), True), ((640, 480), True), ((350, 350), True)],
+)
+def test_uneven_area_shrink_into_jpeg_is_as_close_to_area_as_the_encode(
+    size_in: tuple[int, int], aliasing_shows: bool
+) -> None:
+    width, height = size_in
+    image = textured(height, width, seed=width)
+    out = decode(processor(resize_mode="keep_ratio", encode_format="jpg").process(cv_encode(image)))
+    exact = cv2.resize(image, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_AREA)
+    assert psnr(out, exact) >= psnr(_jpeg_round_trip(exact), exact) - 1.5
+    if aliasing_shows:  # still an antialiased average, not a bilinear sample
+        bilinear = cv2.resize(image, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_LINEAR)
+        assert psnr(out, exact) > psnr(_jpeg_round_trip(bilinear), exact) + 1
+
+
+@pytest.mark.parametrize("ratio", [1.01, 1.1, 1.2, 1.29, 1.3, 1.45, 1.6, 1.8, 1.99])
+def test_supersampled_area_stays_near_the_exact_filter_at_every_ratio(ratio: float) -> None:
+    image = textured(round(240 * ratio), round(320 * ratio), seed=21)
+    exact = cv2.resize(image, (320, 240), interpolation=cv2.INTER_AREA)
+    assert psnr(_supersampled_area(image, (320, 240)), exact) >= 40
 
 
 # ---------------------------------------------------------------- rejections
