@@ -470,6 +470,16 @@ def test_supersampled_area_stays_near_the_exact_filter_at_every_ratio(ratio: flo
     assert psnr(_supersampled_area(image, (320, 240)), exact) >= 40
 
 
+@pytest.mark.parametrize(("size_in", "size_out"), [((300, 400), (300, 256)), ((500, 256), (300, 256))])
+def test_supersampled_area_leaves_an_unscaled_axis_sharp(
+    size_in: tuple[int, int], size_out: tuple[int, int]
+) -> None:
+    # One axis 1:1, the other over 1.3:1: doubling both axes would blur the unscaled one.
+    image = textured(size_in[1], size_in[0], seed=22)
+    exact = cv2.resize(image, size_out, interpolation=cv2.INTER_AREA)
+    assert psnr(_supersampled_area(image, size_out), exact) >= 45
+
+
 # ---------------------------------------------------------------- rejections
 def test_header_bomb_is_rejected_without_decoding() -> None:
     ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
