@@ -654,8 +654,8 @@ def _supersample_fits(image: np.ndarray, size: tuple[int, int]) -> bool:
 def _supersampled_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """An area shrink by less than 2:1, built from OpenCV's fast filters.
 
-    OpenCV's area filter at such a ratio is a scalar loop over per-pixel weight tables, the
-    costliest step left in the image thread (1.8 ms for a 3-channel 300 -> 256 px shrink in
+    OpenCV's area filter at such a ratio is a scalar loop over per-pixel weight tables, which
+    made it the image thread's costliest step (1.8 ms for a 3-channel 300 -> 256 px shrink in
     float32). Two stand-ins, chosen per axis, each where it is the closer one (25 bench images
     and 8 textured ones, cropped to every ratio from 1.01 to 1.99):
 
