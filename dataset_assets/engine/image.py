@@ -646,7 +646,7 @@ def _supersample_fits(image: np.ndarray, size: tuple[int, int]) -> bool:
     return (
         out_w <= width < 2 * out_w
         and out_h <= height < 2 * out_h
-        and not _integer_shrink(image.shape, size)
+        and (width, height) != size  # under 2:1, the only integer ratio is 1:1 (nothing to do)
         and 4 * out_w * out_h * (image.shape[2] if image.ndim == 3 else 1) <= _SUPERSAMPLE_LIMIT
     )
 
