@@ -700,12 +700,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _site_view(server: Any, dns: SlowDns | None) -> dict[str, float]:
-    """What the web saw of one run: requests, robots.txt requests, the most connections one host
-    had open at once, and DNS lookups (A queries) for how many names."""
+    """What the web saw of one run: requests, robots.txt requests, TCP connections accepted, the
+    most connections one host had open at once, and DNS lookups (A queries) for how many names."""
     stats = server.stats()
     view: dict[str, float] = {
         "requests": sum(s.total_requests for s in stats),
         "robots_txt_requests": sum(s.paths.count("/robots.txt") for s in stats),
+        "connections": sum(h.total_connections for s in stats for h in s.hosts.values()),
         "max_connections_one_host": max(
             (h.peak_connections for s in stats for h in s.hosts.values()), default=0
         ),

@@ -385,7 +385,11 @@ class Fetcher:
                 async with self._hosts.turn(host), self.window.request() as ticket:
                     self._hosts.check(host)
                     read = functools.partial(self._read_image, ticket=ticket)
-                    body = await self._with_deadline(self._options.timeout, self._follow(first, read))
+                    sent = time.monotonic()
+                    try:
+                        body = await self._with_deadline(self._options.timeout, self._follow(first, read))
+                    finally:
+                        self._hosts.answered(host, time.monotonic() - sent)
                     ticket.keep(len(body.data))
             except HostRefused as refusal:
                 raise FetchError(str(refusal)) from None

@@ -169,7 +169,10 @@ class DownloadOptions:
         32 * 1024 * 1024, "New: body size cap in bytes, enforced while streaming.", gt=0
     )
     max_connections_per_host: int = option(
-        8, "New: concurrent connections per host for the whole run, whatever processes_count.", gt=0
+        8,
+        "New: at most this many connections per host for the whole run, whatever processes_count "
+        "(more than one only as its queue needs).",
+        gt=0,
     )
     requests_per_second_per_host: float | None = option(
         None, "New: requests per second per host for the whole run; none = no rate limit.", gt=0

@@ -8,21 +8,36 @@ sees from the whole run, whatever ``processes_count`` is.
 A row waits for its host's turn here, *before* its request deadline starts: waiting for our
 own politeness is queueing, never a timeout and never a host failure. Rows of other hosts do
 not wait behind it (each host has its own queue).
+
+Connections open as a host's queue needs them, up to the cap: a host starts with one, and gets
+more only when its waiting rows would take longer than :data:`DRAIN_S` to go through the ones it
+has, at its own measured answer time (Little's law). Most hosts of a web-scale list hold a few
+rows, and a few rows in a row on one kept-alive connection cost the site (and us) one connection
+set-up, and one TLS handshake, instead of one per row. A host keeps the concurrency it reached
+while its connections may still be kept alive, so a draining queue never waits behind idle ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import math
 import time
 import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 # A server asking for more than this is treated as "not today": rows fail instead of waiting.
 MAX_BACKOFF_WAIT_S = 60.0
 BASE_BACKOFF_S = 1.0
+# A host's waiting rows should go through in about this long: more connections open only beyond.
+DRAIN_S = 1.0
+# How long a host's connections may stay open unused (aiohttp keeps them alive 15 s).
+KEPT_ALIVE_S = 15.0
+# Weight of the newest answer time in a host's running estimate.
+ANSWER_TIME_WEIGHT = 0.3
 
 
 class HostRefused(Exception):
@@ -44,7 +59,11 @@ def worker_for(url: str, workers: int) -> int:
 
 @dataclass
 class _HostState:
-    slots: asyncio.Semaphore
+    active: int = 0  # rows holding a connection slot
+    waiting: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
+    answer_s: float | None = None  # running estimate of one request's time; None: never asked
+    reached: int = 0  # the most slots held at once since the host was last idle for long
+    idle_since: float = 0.0
     not_before: float = 0.0  # monotonic time before which no request starts (server backoff)
     next_slot: float = 0.0  # rate limiter: earliest start of the next request
     failures_in_a_row: int = 0
@@ -73,8 +92,53 @@ class HostPoliteness:
     def _state(self, host: str) -> _HostState:
         state = self._hosts.get(host)
         if state is None:
-            state = self._hosts[host] = _HostState(asyncio.Semaphore(self._max_connections))
+            state = self._hosts[host] = _HostState()
         return state
+
+    def _allowed(self, state: _HostState) -> int:
+        """Slots the host may use now: what drains its queue within DRAIN_S, at least what it
+        reached while its connections may still be open, and one before its first answer."""
+        if state.answer_s is None:
+            return 1
+        demand = state.active + len(state.waiting)
+        needed = math.ceil(demand * state.answer_s / DRAIN_S)
+        return max(1, min(self._max_connections, max(needed, state.reached)))
+
+    async def _acquire(self, state: _HostState) -> None:
+        if not state.waiting and state.active < self._allowed(state):
+            self._take(state)
+            return
+        granted = asyncio.get_running_loop().create_future()
+        state.waiting.append(granted)
+        self._hand_out(state)  # a longer queue may warrant another connection
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._release(state)  # granted, then cancelled before it ran: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    state.waiting.remove(granted)
+            raise
+
+    def _take(self, state: _HostState) -> None:
+        if state.active == 0 and time.monotonic() - state.idle_since > KEPT_ALIVE_S:
+            state.reached = 0  # its kept-alive connections have closed by now
+        state.active += 1
+        state.reached = max(state.reached, state.active)
+
+    def _release(self, state: _HostState) -> None:
+        state.active -= 1
+        if state.active == 0:
+            state.idle_since = time.monotonic()
+        self._hand_out(state)
+
+    def _hand_out(self, state: _HostState) -> None:
+        while state.waiting and state.active < self._allowed(state):
+            granted = state.waiting.popleft()
+            if not granted.done():
+                granted.set_result(None)
+                self._take(state)
 
     @contextlib.asynccontextmanager
     async def turn(self, host: str) -> AsyncIterator[None]:
@@ -85,12 +149,22 @@ class HostPoliteness:
         """
         state = self._state(host)
         self._refuse_if_written_off(state, host)
-        await state.slots.acquire()
+        await self._acquire(state)
         try:
             await self._wait_for_start(host, state)
             yield
         finally:
-            state.slots.release()
+            self._release(state)
+
+    def answered(self, host: str, seconds: float) -> None:
+        """One request to ``host`` took ``seconds``, from sending to the end of its body (or its
+        error): what sizes the host's connections."""
+        state = self._state(host)
+        if state.answer_s is None:
+            state.answer_s = seconds
+        else:
+            state.answer_s += ANSWER_TIME_WEIGHT * (seconds - state.answer_s)
+        self._hand_out(state)
 
     async def _wait_for_start(self, host: str, state: _HostState) -> None:
         # A loop, not one sleep: while we slept another row may have been throttled (moving

@@ -186,6 +186,65 @@ def test_the_rate_limiter_reserves_only_for_requests_it_sends() -> None:
     assert all(gap >= 0.045 for gap in gaps), gaps
 
 
+def test_a_host_with_a_few_rows_is_asked_over_one_connection(tmp_path) -> None:
+    # Six rows and its policy files at 0.05 s an answer go through one connection in well under
+    # DRAIN_S: a second connection (or six, one per row) would cost the site set-ups for nothing.
+    config = ServerConfig(latency_s=(0.05, 0.05), max_lifetime_s=120)
+    with ImageServer(images={"a.jpg": make_image(1, 64, 48)}, config=config) as server:
+        urls = [server.url_for(f"/img/a.jpg?n={i}") for i in range(6)]
+        options = local_options(thread_count=64, max_connections_per_host=8, output_format="parquet")
+        stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
+        assert stats.successes == 6, _messages(tmp_path)
+        seen = server.stats.host()
+        assert seen.requests > 6, "the policy files were asked too"
+        assert seen.total_connections == 1, seen
+
+
+def test_a_host_with_a_long_queue_still_opens_every_connection_it_may(tmp_path) -> None:
+    # 60 rows at 0.1 s an answer would take 6 s on one connection: the host gets its cap.
+    config = ServerConfig(latency_s=(0.1, 0.1), max_lifetime_s=120)
+    with ImageServer(images={"a.jpg": make_image(1, 64, 48)}, config=config) as server:
+        urls = [server.url_for(f"/img/a.jpg?n={i}") for i in range(60)]
+        options = local_options(
+            thread_count=64, max_connections_per_host=4, **NO_POLICY_FILES, output_format="parquet"
+        )
+        stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
+        assert stats.successes == 60, _messages(tmp_path)
+        assert server.stats.host().peak_in_flight == 4
+
+
+def test_a_turn_given_to_a_cancelled_row_goes_to_the_next() -> None:
+    async def scenario() -> list[str]:
+        hosts = HostPoliteness(max_connections=8, requests_per_second=None, failure_limit=5)
+        order: list[str] = []
+        release_first = asyncio.Event()
+
+        async def row(name: str, hold: asyncio.Event | None = None) -> None:
+            async with hosts.turn("h"):
+                order.append(name)
+                if hold is not None:
+                    await hold.wait()
+
+        # Before its first answer a host has one slot: b and c queue behind a.
+        first = asyncio.create_task(row("a", release_first))
+        await asyncio.sleep(0)
+        second, third = asyncio.create_task(row("b")), asyncio.create_task(row("c"))
+        await asyncio.sleep(0.01)
+        release_first.set()
+        await asyncio.sleep(0)  # a's release hands the slot to b ...
+        second.cancel()  # ... which is cancelled before it runs
+        await asyncio.wait_for(asyncio.gather(first, third, second, return_exceptions=True), 2)
+
+        async def last() -> None:
+            async with hosts.turn("h"):
+                order.append("d")
+
+        await asyncio.wait_for(last(), 2)  # the host is not left with a slot nobody holds
+        return order
+
+    assert asyncio.run(scenario()) == ["a", "c", "d"]
+
+
 def test_rows_of_one_host_always_go_to_the_same_worker() -> None:
     urls = [f"https://h{i % 7}.example/{i}.jpg" for i in range(200)]
     owners: dict[str, set[int]] = {}
