@@ -14,14 +14,28 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from dataset_assets.engine.shards.registry import FORMATS
-from dataset_assets.io.sources import INPUT_FORMATS
 from dataset_assets.schema.option import OptionError, check, option
 
 __all__ = ["DownloadOptions", "OptionError"]
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 ENCODE_FORMATS = ("jpg", "png", "webp")
+
+
+def _input_formats() -> tuple[str, ...]:
+    """Named where they are read (the URL-list reader imports DuckDB, so only when asked)."""
+    from dataset_assets.io.sources import INPUT_FORMATS
+
+    return INPUT_FORMATS
+
+
+def _output_formats() -> tuple[str, ...]:
+    """Named where they are written (the writers import pyarrow, so only when asked)."""
+    from dataset_assets.engine.shards.registry import FORMATS
+
+    return tuple(FORMATS)
+
+
 HASH_TYPES = ("md5", "sha256", "sha512")
 INTERPOLATIONS = (
     "nearest",
@@ -69,7 +83,7 @@ class DownloadOptions:
         "Format of the URL list files (txt lines are URLs even with commas; a txt list has no "
         "caption or other columns to copy). json: a records array, JSON lines or pandas' "
         "to_json() object of columns.",
-        choices=INPUT_FORMATS,
+        choices=_input_formats,
         also_used_by=("planner",),
     )
     url_col: str = option("url", "Column of the URL list that holds the URL.")
@@ -86,7 +100,10 @@ class DownloadOptions:
 
     # --- output (layout keys: fixed per dataset) ---
     output_format: str = option(
-        "files", "Shard format on disk (one class each in engine/shards).", choices=tuple(FORMATS), fixed=True
+        "files",
+        "Shard format on disk (one class each in engine/shards).",
+        choices=_output_formats,
+        fixed=True,
     )
     number_sample_per_shard: int = option(10_000, "Rows per shard.", gt=0, fixed=True)
     oom_shard_count: int = option(

@@ -13,7 +13,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,8 @@ class OptionInfo:
     """What an option means, beside its name, type and default (which are the field's)."""
 
     help: str
-    choices: tuple[Any, ...] | None = None
+    # The allowed values, or a function that names them (see ``choices``).
+    allowed: tuple[Any, ...] | Callable[[], Sequence[Any]] | None = None
     # Inclusive/exclusive bounds for numbers; None = unbounded on that side.
     ge: float | None = None
     gt: float | None = None
@@ -43,12 +44,21 @@ class OptionInfo:
     # Where the option is declared (set by describe()).
     owner: str = ""
 
+    @property
+    def choices(self) -> tuple[Any, ...] | None:
+        """The allowed values. A function is asked only when they are needed, so that declaring
+        an option does not import what implements its values: the output formats' writers pull
+        in pyarrow, and a download worker, which unpickles the options, never writes a shard."""
+        if callable(self.allowed):
+            return tuple(self.allowed())
+        return self.allowed
+
 
 def option(
     default: Any = _MISSING,
     help: str = "",
     *,
-    choices: Sequence[Any] | None = None,
+    choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
@@ -59,9 +69,8 @@ def option(
     """A dataclass field that carries the option's description and constraints."""
     if not help:
         raise TypeError("every option needs a one-line help text")
-    info = OptionInfo(
-        help, tuple(choices) if choices is not None else None, ge, gt, le, fixed, tuple(also_used_by)
-    )
+    allowed = choices if choices is None or callable(choices) else tuple(choices)
+    info = OptionInfo(help, allowed, ge, gt, le, fixed, tuple(also_used_by))
     return dataclasses.field(default=default, default_factory=default_factory, metadata={_KEY: info})
 
 
@@ -128,11 +137,12 @@ def problem(option: Declared, value: Any) -> str | None:
     name, info = option.name, option.info
     if value is None:
         return None if option.optional or option.required else f"{name} may not be empty"
-    if info.choices is not None:
+    choices = info.choices
+    if choices is not None:
         values = value if isinstance(value, list | tuple) and option.base_type is not str else [value]
         for item in values:
-            if item not in info.choices:
-                allowed = ", ".join(str(c) for c in info.choices)
+            if item not in choices:
+                allowed = ", ".join(str(c) for c in choices)
                 return f"{name}={item!r} is not one of {allowed}"
     if isinstance(value, int | float) and not isinstance(value, bool):
         if isinstance(value, float) and math.isnan(value):
