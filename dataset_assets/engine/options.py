@@ -21,21 +21,6 @@ __all__ = ["DownloadOptions", "OptionError"]
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 ENCODE_FORMATS = ("jpg", "png", "webp")
 
-
-def _input_formats() -> tuple[str, ...]:
-    """Named where they are read (the URL-list reader imports DuckDB, so only when asked)."""
-    from dataset_assets.io.sources import INPUT_FORMATS
-
-    return INPUT_FORMATS
-
-
-def _output_formats() -> tuple[str, ...]:
-    """Named where they are written (the writers import pyarrow, so only when asked)."""
-    from dataset_assets.engine.shards.registry import FORMATS
-
-    return tuple(FORMATS)
-
-
 HASH_TYPES = ("md5", "sha256", "sha512")
 INTERPOLATIONS = (
     "nearest",
@@ -71,6 +56,20 @@ RESERVED_COLUMNS = frozenset(
         *HASH_TYPES,
     }
 )
+
+
+def _input_formats() -> tuple[str, ...]:
+    """Named where they are read (the URL-list reader imports DuckDB, so only when asked)."""
+    from dataset_assets.io.sources import INPUT_FORMATS
+
+    return INPUT_FORMATS
+
+
+def _output_formats() -> tuple[str, ...]:
+    """Named where they are written (the writers import pyarrow, so only when asked)."""
+    from dataset_assets.engine.shards.registry import FORMATS
+
+    return tuple(FORMATS)
 
 
 @dataclass(frozen=True)
