@@ -17,6 +17,7 @@ from dataset_assets.engine.image import (
     ImageProcessor,
     ImageRejected,
     ProcessedImage,
+    _decode_png,
     _probe,
     _supersampled_area,
     header_size,
@@ -225,6 +226,51 @@ def test_grayscale_and_gray_alpha_inputs() -> None:
         processor(resize_mode="no", encode_format="png").process(pil_encode(Image.fromarray(la, "LA"), "PNG"))
     )
     assert (out[:, :10] == 255).all() and (out[:, 10:] == 100).all()
+
+
+def _with_chunk_before_idat(raw: bytes, chunk: bytes) -> bytes:
+    at = raw.index(b"IDAT") - 4
+    return raw[:at] + chunk + raw[at:]
+
+
+def _png_layouts() -> dict[str, tuple[bytes, int | None]]:
+    """PNG files and the OpenCV flag whose decode the fast path must equal (None: leave it)."""
+    rgb = textured(96, 120, seed=7)
+    rgba = np.dstack([rgb, np.linspace(0, 255, 96 * 120, dtype=np.uint8).reshape(96, 120)])
+    grey = cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY)
+    colour_key = png_chunk(b"tRNS", struct.pack(">HHH", *rgb[0, 0][::-1].tolist()))
+    gamma = png_chunk(b"gAMA", struct.pack(">I", 45455))
+    palette = pil_encode(Image.fromarray(rgb[:, :, ::-1]).quantize(64), "PNG")
+    return {
+        "rgb": (cv_encode(rgb), _IGNORE),
+        "rgb with gAMA": (_with_chunk_before_idat(cv_encode(rgb), gamma), _IGNORE),
+        "grey": (cv_encode(grey), _IGNORE),
+        "rgba": (cv_encode(rgba), cv2.IMREAD_UNCHANGED),
+        "rgb with a tRNS colour key": (_with_chunk_before_idat(cv_encode(rgb), colour_key), None),
+        "palette": (palette, None),
+        "16-bit": (cv_encode(rgb.astype(np.uint16) * 257), None),
+        "truncated": (cv_encode(rgb)[:-200], None),
+    }
+
+
+@pytest.mark.parametrize("layout", list(_png_layouts()))
+def test_fast_png_decode_equals_opencv_or_leaves_the_file_to_it(layout: str) -> None:
+    raw, flag = _png_layouts()[layout]
+    fast = _decode_png(raw, _probe(raw))
+    if flag is None:
+        assert fast is None
+    else:
+        assert fast is not None
+        np.testing.assert_array_equal(fast, cv2.imdecode(np.frombuffer(raw, np.uint8), flag))
+
+
+def test_png_layouts_store_the_same_pixels_whichever_decoder_reads_them() -> None:
+    """End to end: the stored image of a fast-path PNG equals that of the same pixels as a
+    palette-free 16-bit PNG (which OpenCV decodes), shifted back to 8 bits."""
+    rgb = textured(300, 400, seed=3)
+    fast = decode(processor(encode_format="png").process(cv_encode(rgb)))
+    slow = decode(processor(encode_format="png").process(cv_encode(rgb.astype(np.uint16) * 257)))
+    np.testing.assert_array_equal(fast, slow)
 
 
 def test_cmyk_jpeg_decodes_to_right_colour() -> None:
