@@ -24,6 +24,7 @@ other processes.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import os
@@ -169,6 +170,16 @@ def staged_file(output_path: str, storage_options: StorageOptions | None = None)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _create_then_write(path: str, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return True
 
 
 class _DigestingFile:
@@ -332,8 +343,11 @@ class OutputFolder:
     def create_exclusive(self, final_name: str, data: bytes) -> bool:
         """Write ``data`` under ``final_name`` only if nothing is there; False if something is.
 
-        Local disk: ``O_CREAT | O_EXCL`` (atomic; the file is small enough to be written whole
-        before anyone reads it). S3 (and S3-compatible stores that honour it): a PUT with
+        Local disk: the data goes to a file of its own first, then a hard link gives it the
+        final name, which fails atomically when the name exists; so the file is never seen
+        empty or half written, even when the writer is killed mid-way (an ``O_EXCL`` create
+        followed by a write left an empty file behind that way, which read as a live holder).
+        S3 (and S3-compatible stores that honour it): a PUT with
         ``If-None-Match: *``, which the store refuses atomically when the key exists. Other
         filesystems get a check-then-write that is NOT exclusive; :mod:`~dataset_assets.engine.
         shards.lease` documents what that costs.
@@ -341,12 +355,18 @@ class OutputFolder:
         path = self.path(final_name)
         if self.is_local:
             self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            staged = f"{path}.{uuid.uuid4().hex}.staged"
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with open(staged, "wb") as handle:
+                    handle.write(data)
+                os.link(staged, path)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+            except OSError:  # a filesystem without hard links: create, then write
+                return _create_then_write(path, data)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(staged)
             return True
         if protocol_of(self.fs) in ("s3", "s3a"):
             try:
@@ -366,6 +386,14 @@ class OutputFolder:
 
     def exists(self, name: str) -> bool:
         return self.fs.exists(self.path(name))
+
+    def modified_at(self, name: str) -> float | None:
+        """When ``name`` was last written (epoch seconds), or None if the store does not say."""
+        info = self.fs.info(self.path(name))
+        stamp = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+        if isinstance(stamp, datetime.datetime):
+            return stamp.timestamp()
+        return float(stamp) if isinstance(stamp, int | float) else None
 
     def read_json(self, name: str) -> dict[str, Any]:
         with self.fs.open(self.path(name), "rb") as handle:

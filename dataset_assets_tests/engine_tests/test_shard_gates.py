@@ -18,7 +18,7 @@ from dataset_assets.engine.reader import InputShard
 from dataset_assets.engine.records import FAILED_TO_DOWNLOAD, SUCCESS, SampleResult
 from dataset_assets.engine.runner import already_done, download_shard, download_shards
 from dataset_assets.engine.shards.gates import ShardGates, ShardRefused
-from dataset_assets.engine.shards.lease import ShardLease, ShardLeaseError, lease_name
+from dataset_assets.engine.shards.lease import LEASE_TTL_S, ShardLease, ShardLeaseError, lease_name
 from dataset_assets.engine.shards.writer import ShardWriter
 from dataset_assets.io.storage import OutputFolder
 from dataset_assets_tests.conftest import NO_POLICY_FILES, local_options, rows
@@ -133,6 +133,30 @@ def test_stale_leases_are_taken_over(tmp_path: Path) -> None:
         ShardLease.acquire(output, "00000")
 
 
+def test_an_unreadable_lease_holds_its_shard_only_until_it_expires(tmp_path: Path) -> None:
+    """An empty lease (what a writer killed between creating and writing it used to leave)
+    must not lock its shard out of every later run."""
+    output = OutputFolder(str(tmp_path))
+    lease_file = tmp_path / lease_name("00000")
+    lease_file.parent.mkdir(parents=True, exist_ok=True)
+    lease_file.write_bytes(b"")
+    with pytest.raises(ShardLeaseError, match=r"unknown \(unreadable lease\) \(expires in 1[12]\ds\)"):
+        ShardLease.acquire(output, "00000")
+    written_long_ago = time.time() - LEASE_TTL_S - 1
+    os.utime(lease_file, (written_long_ago, written_long_ago))
+    lease = ShardLease.acquire(output, "00000")
+    assert json.loads(lease_file.read_text())["owner"] == lease.owner
+    lease.release()
+
+
+def test_an_exclusive_create_leaves_the_whole_file_or_nothing(tmp_path: Path) -> None:
+    output = OutputFolder(str(tmp_path))
+    assert output.create_exclusive("_tmp/x.lease", b"first")
+    assert not output.create_exclusive("_tmp/x.lease", b"second")
+    assert (tmp_path / "_tmp" / "x.lease").read_bytes() == b"first"
+    assert sorted(p.name for p in (tmp_path / "_tmp").iterdir()) == ["x.lease"]  # nothing staged left
+
+
 def test_a_writer_whose_lease_was_taken_over_publishes_nothing(
     image_server: ImageServer, tmp_path: Path
 ) -> None:
@@ -205,6 +229,7 @@ def test_the_lease_is_exclusive_on_s3(s3_server: S3Server) -> None:
     first.release()
     assert s3_server.keys(bucket) == []
     second = ShardLease.acquire(output, "00000")
+    assert abs(output.modified_at(second.name) - time.time()) < 60  # S3's LastModified
     with pytest.raises(ShardLeaseError, match="lease was removed"):
         output.remove(second.name)
         second.check()

@@ -112,18 +112,28 @@ class ShardLease:
         ).encode()
 
     def _holder(self) -> dict[str, Any] | None:
-        """The lease as stored now; None when there is none (an unreadable one reads as held)."""
+        """The lease as stored now; None when there is none.
+
+        An unreadable one (empty, truncated, edited by hand) reads as held until ``ttl_s``
+        after it was last written, like any lease its holder stopped renewing: reading it as
+        held for good would lock its shard out of every later run.
+        """
         for _ in range(_READ_ATTEMPTS):
             try:
                 payload = self.output.read_json(self.name)
             except FileNotFoundError:
                 return None
-            except ValueError:  # being written right now (local create, then write)
+            except ValueError:  # being written right now (a store without exclusive create)
                 time.sleep(_READ_PAUSE_S)
                 continue
             if isinstance(payload, dict):
                 return payload
-        return {"owner": "unknown (unreadable lease)", "expires_at": time.time() + self.ttl_s}
+        try:
+            written = self.output.modified_at(self.name)
+        except FileNotFoundError:
+            return None
+        written = time.time() if written is None else written
+        return {"owner": "unknown (unreadable lease)", "expires_at": written + self.ttl_s}
 
     def _stale(self, holder: dict[str, Any]) -> bool:
         if float(holder.get("expires_at", 0)) < time.time():
