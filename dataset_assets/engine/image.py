@@ -293,7 +293,7 @@ class ImageProcessor:
         if header.format == "PNG":
             image = _decode_png(raw, header)
             if image is not None:
-                return (_flatten_alpha(image) if header.has_alpha else image), 1
+                return (_flatten_alpha(image) if image.shape[2] == 4 else image), 1
         if header.has_alpha:
             image = _decode(raw, _UNCHANGED)
             if image is None:

@@ -123,7 +123,7 @@ class ShardLease:
                 payload = self.output.read_json(self.name)
             except FileNotFoundError:
                 return None
-            except ValueError:  # being written right now (a store without exclusive create)
+            except ValueError:  # being written now (a store with no whole-file exclusive create)
                 time.sleep(_READ_PAUSE_S)
                 continue
             if isinstance(payload, dict):
