@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -170,6 +171,10 @@ def staged_file(output_path: str, storage_options: StorageOptions | None = None)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+# What os.link raises where the filesystem has no hard links (FAT, some network and FUSE mounts).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 def _create_then_write(path: str, data: bytes) -> bool:
@@ -359,11 +364,14 @@ class OutputFolder:
             try:
                 with open(staged, "wb") as handle:
                     handle.write(data)
-                os.link(staged, path)
-            except FileExistsError:
-                return False
-            except OSError:  # a filesystem without hard links: create, then write
-                return _create_then_write(path, data)
+                try:
+                    os.link(staged, path)
+                except FileExistsError:
+                    return False
+                except OSError as error:
+                    if error.errno not in _NO_HARD_LINKS:
+                        raise
+                    return _create_then_write(path, data)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(staged)
@@ -389,8 +397,16 @@ class OutputFolder:
 
     def modified_at(self, name: str) -> float | None:
         """When ``name`` was last written (epoch seconds), or None if the store does not say."""
-        info = self.fs.info(self.path(name))
-        stamp = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+        path = self.path(name)
+        try:
+            return self.fs.modified(path).timestamp()  # local, s3fs, gcsfs and adlfs say
+        except NotImplementedError:
+            pass
+        info = self.fs.info(path)
+        stamp = info.get("mtime", info.get("LastModified", info.get("last_modified", info.get("updated"))))
+        if isinstance(stamp, str):
+            with contextlib.suppress(ValueError):
+                stamp = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
         if isinstance(stamp, datetime.datetime):
             return stamp.timestamp()
         return float(stamp) if isinstance(stamp, int | float) else None

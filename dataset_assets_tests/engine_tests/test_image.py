@@ -233,6 +233,25 @@ def _with_chunk_before_idat(raw: bytes, chunk: bytes) -> bytes:
     return raw[:at] + chunk + raw[at:]
 
 
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _interlaced_png(bgr: np.ndarray) -> bytes:
+    """An Adam7-interlaced RGB PNG (no library at hand writes one): each pass's rows, unfiltered."""
+    height, width = bgr.shape[:2]
+    rgb = bgr[:, :, ::-1]
+    passes = b"".join(
+        b"".join(b"\0" + row.tobytes() for row in rgb[y0::dy, x0::dx])
+        for x0, y0, dx, dy in _ADAM7
+        if x0 < width and y0 < height
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 1)
+    chunks = png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(passes)) + png_chunk(b"IEND", b"")
+    raw = b"\x89PNG\r\n\x1a\n" + chunks
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR), bgr)
+    return raw
+
+
 def _png_layouts() -> dict[str, tuple[bytes, int | None]]:
     """PNG files and the OpenCV flag whose decode the fast path must equal (None: leave it)."""
     rgb = textured(96, 120, seed=7)
@@ -241,6 +260,9 @@ def _png_layouts() -> dict[str, tuple[bytes, int | None]]:
     colour_key = png_chunk(b"tRNS", struct.pack(">HHH", *rgb[0, 0][::-1].tolist()))
     gamma = png_chunk(b"gAMA", struct.pack(">I", 45455))
     palette = pil_encode(Image.fromarray(rgb[:, :, ::-1]).quantize(64), "PNG")
+    plain = cv_encode(rgb)
+    frames = [Image.fromarray(rgb[:, :, ::-1]), Image.fromarray(rgb[::-1, :, ::-1].copy())]
+    animated = pil_encode(frames[0], "PNG", save_all=True, append_images=frames[1:], default_image=True)
     return {
         "rgb": (cv_encode(rgb), _IGNORE),
         "rgb with gAMA": (_with_chunk_before_idat(cv_encode(rgb), gamma), _IGNORE),
@@ -250,6 +272,9 @@ def _png_layouts() -> dict[str, tuple[bytes, int | None]]:
         "palette": (palette, None),
         "16-bit": (cv_encode(rgb.astype(np.uint16) * 257), None),
         "truncated": (cv_encode(rgb)[:-200], None),
+        "without its IEND chunk": (plain[:-12], None),
+        "interlaced": (_interlaced_png(rgb), None),
+        "animated (APNG)": (animated, None),
     }
 
 

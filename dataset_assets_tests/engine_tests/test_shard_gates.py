@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ from dataset_assets.engine.runner import already_done, download_shard, download_
 from dataset_assets.engine.shards.gates import ShardGates, ShardRefused
 from dataset_assets.engine.shards.lease import LEASE_TTL_S, ShardLease, ShardLeaseError, lease_name
 from dataset_assets.engine.shards.writer import ShardWriter
+from dataset_assets.io import storage
 from dataset_assets.io.storage import OutputFolder
 from dataset_assets_tests.conftest import NO_POLICY_FILES, local_options, rows
 from dataset_assets_tests.fakeweb.images import make_image
@@ -149,12 +151,35 @@ def test_an_unreadable_lease_holds_its_shard_only_until_it_expires(tmp_path: Pat
     lease.release()
 
 
-def test_an_exclusive_create_leaves_the_whole_file_or_nothing(tmp_path: Path) -> None:
+def test_an_exclusive_create_leaves_the_whole_file_or_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     output = OutputFolder(str(tmp_path))
     assert output.create_exclusive("_tmp/x.lease", b"first")
     assert not output.create_exclusive("_tmp/x.lease", b"second")
     assert (tmp_path / "_tmp" / "x.lease").read_bytes() == b"first"
     assert sorted(p.name for p in (tmp_path / "_tmp").iterdir()) == ["x.lease"]  # nothing staged left
+
+    # A disk that fills up mid-write: an error, and no file under the name (an empty lease
+    # would read as held).
+    def full_disk(path: str, mode: str = "r", *args: object, **kwargs: object) -> object:
+        Path(path).write_bytes(b"{")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage, "open", full_disk, raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        output.create_exclusive("_tmp/y.lease", b"whole")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "_tmp").iterdir()) == ["x.lease"]
+
+    # A filesystem without hard links still gets an exclusive create, written whole.
+    def no_links(source: str, target: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(storage.os, "link", no_links)
+    assert output.create_exclusive("_tmp/z.lease", b"whole")
+    assert not output.create_exclusive("_tmp/z.lease", b"other")
+    assert (tmp_path / "_tmp" / "z.lease").read_bytes() == b"whole"
 
 
 def test_a_writer_whose_lease_was_taken_over_publishes_nothing(
