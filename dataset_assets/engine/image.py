@@ -569,12 +569,14 @@ def _decode_png(raw: bytes, header: _Header) -> np.ndarray | None:
     is not animated (OpenCV returns an APNG's first frame, imagecodecs its default image).
     Anything else goes to OpenCV, so such files get the verdict and pixels they always had.
     """
+    # The IHDR's own depth byte, not the header's sample_bits (which counts 1-4 bit greys as 8).
     if len(raw) < 29 or raw[12:16] != b"IHDR" or raw[24] != 8 or raw[28] != 0 or not raw.endswith(_PNG_END):
         return None
     color_type = raw[25]
     if color_type != _FAST_PNG_ALPHA and (header.has_alpha or color_type not in _FAST_PNG_OPAQUE):
         return None
-    if b"acTL" in raw[33 : raw.find(b"IDAT")]:  # an animation control chunk: an APNG
+    idat = raw.find(b"IDAT", 33)
+    if raw.find(b"acTL", 33, idat if idat >= 0 else len(raw)) >= 0:  # animation control: an APNG
         return None
     try:
         image = imagecodecs.png_decode(raw)
