@@ -1,0 +1,132 @@
+"""The stored-rows copy of a PNG: libpng must make of it exactly what it makes of the file."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import cv2
+import imagecodecs
+import numpy as np
+import pytest
+
+from dataset_assets.engine import png_rows
+from dataset_assets.engine.image import _decode_png, _probe
+from dataset_assets.engine.png_rows import stored_rows_png
+from dataset_assets_tests.engine_tests.test_image import cv_encode, png_chunk, textured
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CHANNELS = {0: 1, 2: 3, 6: 4}
+
+
+def _chunks(raw: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, data) of each chunk after the signature."""
+    out, position = [], 8
+    while position < len(raw):
+        (length,) = struct.unpack(">I", raw[position : position + 4])
+        out.append((raw[position + 4 : position + 8], raw[position + 8 : position + 8 + length]))
+        position += 12 + length
+    return out
+
+
+def _assemble(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    return SIGNATURE + b"".join(png_chunk(kind, data) for kind, data in chunks)
+
+
+def _row_bytes(raw: bytes) -> int:
+    width, height = struct.unpack(">II", raw[16:24])
+    return height * (1 + width * CHANNELS[raw[25]])
+
+
+def _split_idat(raw: bytes, pieces: int, before: bytes = b"", after: bytes = b"") -> bytes:
+    """The same file with its zlib stream over ``pieces`` IDAT chunks, ``before`` and ``after``
+    (ancillary chunks) around them."""
+    chunks = _chunks(raw)
+    stream = b"".join(data for kind, data in chunks if kind == b"IDAT")
+    step = -(-len(stream) // pieces)
+    idats = [(b"IDAT", stream[i : i + step]) for i in range(0, len(stream), step)]
+    extra_before = _chunks(SIGNATURE + before) if before else []
+    extra_after = _chunks(SIGNATURE + after) if after else []
+    return _assemble([chunks[0], *extra_before, *idats, *extra_after, (b"IEND", b"")])
+
+
+def _layouts() -> dict[str, bytes]:
+    rgb = textured(300, 400, seed=11)  # 360 300 bytes of rows: five whole stored blocks and a part
+    rgba = np.dstack([rgb, np.linspace(0, 255, 300 * 400, dtype=np.uint8).reshape(300, 400)])
+    grey = cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY)
+    text = png_chunk(b"tEXt", b"Comment\0made by a test")
+    gamma = png_chunk(b"gAMA", struct.pack(">I", 45455))
+    return {
+        "rgb": cv_encode(rgb),
+        "rgba": cv_encode(rgba),
+        "grey": cv_encode(grey),
+        "tiny": cv_encode(rgb[:1, :1]),
+        # 2 x (1 + 65534) bytes: exactly two whole stored blocks, the last one final
+        "rows filling whole blocks": cv_encode(np.tile(grey[:2, :1], (1, 65534))),
+        "many IDATs, ancillary chunks around them": _split_idat(cv_encode(rgb), 37, before=gamma, after=text),
+    }
+
+
+@pytest.mark.parametrize("layout", list(_layouts()))
+def test_the_stored_copy_decodes_to_the_files_own_pixels(layout: str) -> None:
+    raw = _layouts()[layout]
+    stored = stored_rows_png(raw, _row_bytes(raw))
+    assert stored is not None
+    assert stored.nbytes > _row_bytes(raw)  # the rows really are in it uncompressed
+    np.testing.assert_array_equal(imagecodecs.png_decode(stored), imagecodecs.png_decode(raw))
+    flag = cv2.IMREAD_UNCHANGED if raw[25] == 6 else cv2.IMREAD_COLOR
+    expected = cv2.imdecode(np.frombuffer(raw, np.uint8), flag)
+    np.testing.assert_array_equal(_decode_png(raw, _probe(raw)), expected)
+
+
+def _with_idat_crc_flipped(raw: bytes) -> bytes:
+    end = raw.index(b"IDAT") + 4 + struct.unpack(">I", raw[raw.index(b"IDAT") - 4 : raw.index(b"IDAT")])[0]
+    return raw[:end] + bytes([raw[end] ^ 1]) + raw[end + 1 :]
+
+
+def _with_height(raw: bytes, height: int) -> bytes:
+    chunks = _chunks(raw)
+    header = chunks[0][1][:4] + struct.pack(">I", height) + chunks[0][1][8:]
+    return _assemble([(b"IHDR", header), *chunks[1:]])
+
+
+def _with_stream(raw: bytes, stream: bytes) -> bytes:
+    chunks = _chunks(raw)
+    return _assemble([chunks[0], (b"IDAT", stream), (b"IEND", b"")])
+
+
+def _refused() -> dict[str, bytes]:
+    raw = cv_encode(textured(60, 80, seed=5))
+    stream = b"".join(data for kind, data in _chunks(raw) if kind == b"IDAT")
+    rows = zlib.decompress(stream)
+    first, *rest = _chunks(raw)
+    return {
+        "an IDAT with a wrong CRC": _with_idat_crc_flipped(raw),
+        "an unknown critical chunk": _assemble([first, (b"ABCD", b"x"), *rest]),
+        "a palette in an RGB file": _assemble([first, (b"PLTE", b"\0\0\0"), *rest]),
+        "two runs of IDAT": _assemble(
+            [first, (b"IDAT", stream[:10]), (b"tEXt", b"a\0b"), (b"IDAT", stream[10:]), (b"IEND", b"")]
+        ),
+        "rows shorter than the header says": _with_height(raw, 61),
+        "rows longer than the header says": _with_height(raw, 59),
+        "a wrong Adler-32": _with_stream(raw, stream[:-4] + bytes(4)),
+        "a zlib stream cut short": _with_stream(raw, zlib.compress(rows)[:-40]),
+        "a chunk running past the end": raw[:-12] + struct.pack(">I", 1000) + b"tEXt" + b"\0" * 12,
+        "no IEND": raw[:-12],
+    }
+
+
+@pytest.mark.parametrize("case", list(_refused()))
+def test_files_the_copy_could_change_are_decoded_as_they_are(case: str) -> None:
+    raw = _refused()[case]
+    assert stored_rows_png(raw, _row_bytes(raw)) is None
+
+
+def test_rows_over_the_copy_limit_are_decoded_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = cv_encode(textured(60, 80, seed=5))
+    assert stored_rows_png(raw, _row_bytes(raw)) is not None
+    monkeypatch.setattr(png_rows, "MAX_STORED_ROW_BYTES", _row_bytes(raw) - 1)
+    assert stored_rows_png(raw, _row_bytes(raw)) is None
+    # ...and decode as before, through libpng's own inflate
+    expected = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(_decode_png(raw, _probe(raw)), expected)
