@@ -10,14 +10,20 @@ a third sooner this way.
 
 The copy keeps only IHDR, the rows and IEND. Where that could change what libpng makes of the
 file, no copy is made and the caller decodes the file as it is:
-* a chunk that runs past the end of the file;
-* an IDAT whose CRC is wrong (libpng rejects that);
+* a chunk that runs past the end of the file, or whose type is not four ASCII letters (libpng
+  rejects such a type);
+* an IDAT whose CRC is wrong (libpng rejects that in the IDATs it reads; refusing it in the
+  others too is only cautious);
 * a critical chunk other than IHDR, IDAT and IEND (libpng rejects unknown ones; a palette is
-  left to the caller);
+  left to the caller), and tRNS (libpng turns it into an alpha channel);
 * a second run of IDAT chunks;
+* a zlib header declaring a window smaller than the rows: zlib, as libpng uses it, holds the
+  stream to that window and rejects a back-reference beyond it, and libdeflate does not check;
 * a stream libdeflate rejects, or one that does not inflate to exactly the rows' size.
-Ancillary chunks (gamma, colour profile, text) are dropped: libpng's plain decode does not
-apply them to the pixels either.
+Other ancillary chunks (gamma, colour profile, text) are dropped: libpng's plain decode does
+not apply them to the pixels either. By its own account, libdeflate accepts slightly more than
+zlib (a few malformed Huffman headers); only a crafted stream has one, and its rows then decode
+where libpng alone would have refused the file.
 """
 
 from __future__ import annotations
@@ -41,13 +47,18 @@ _ANCILLARY = 0x20  # bit 5 of a chunk type's first byte (a lowercase letter)
 def stored_rows_png(raw: bytes, row_bytes: int) -> np.ndarray | None:
     """``raw`` (a PNG checked to be plain 8-bit and non-interlaced, whose filtered rows take
     ``row_bytes``) rewritten with its rows inflated, or None where it should be decoded as it is."""
-    if row_bytes > MAX_STORED_ROW_BYTES:
+    if not 0 < row_bytes <= MAX_STORED_ROW_BYTES:
         return None
     stream = _idat_stream(raw)
-    if stream is None:
+    if stream is None or len(stream) < 2:
         return None
+    window_log = (stream[0] >> 4) + 8  # the header's CINFO; 15 is deflate's own limit
+    if window_log < 15 and row_bytes > 1 << window_log:
+        return None  # a back-reference could reach past the declared window
     try:
         rows = imagecodecs.deflate_decode(stream, out=row_bytes)
+    except MemoryError:
+        raise
     except Exception:  # DeflateError for a corrupt or oversized stream; libpng decides then
         return None
     del stream  # the copy below holds the rows twice for a moment; not the stream as well
@@ -77,7 +88,7 @@ def _idat_stream(raw: bytes) -> bytes | None:
             parts.append(data)
         elif kind == b"IEND":
             return b"".join(parts) if parts else None
-        elif not kind[0] & _ANCILLARY:
+        elif not kind[0] & _ANCILLARY or kind == b"tRNS" or not kind.isalpha():
             return None
         else:
             run_ended = bool(parts)

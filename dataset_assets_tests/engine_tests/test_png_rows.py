@@ -10,7 +10,7 @@ import imagecodecs
 import numpy as np
 import pytest
 
-from dataset_assets.engine import png_rows
+from dataset_assets.engine import image, png_rows
 from dataset_assets.engine.image import _decode_png, _probe
 from dataset_assets.engine.png_rows import stored_rows_png
 from dataset_assets_tests.engine_tests.test_image import cv_encode, png_chunk, textured
@@ -31,6 +31,11 @@ def _chunks(raw: bytes) -> list[tuple[bytes, bytes]]:
 
 def _assemble(chunks: list[tuple[bytes, bytes]]) -> bytes:
     return SIGNATURE + b"".join(png_chunk(kind, data) for kind, data in chunks)
+
+
+def _inflated(raw: bytes) -> bytes:
+    """The rows zlib makes of the file's IDAT stream (bytes after its end ignored)."""
+    return zlib.decompressobj().decompress(b"".join(data for kind, data in _chunks(raw) if kind == b"IDAT"))
 
 
 def _row_bytes(raw: bytes) -> int:
@@ -56,6 +61,8 @@ def _layouts() -> dict[str, bytes]:
     grey = cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY)
     text = png_chunk(b"tEXt", b"Comment\0made by a test")
     gamma = png_chunk(b"gAMA", struct.pack(">I", 45455))
+    stream = b"".join(data for kind, data in _chunks(cv_encode(rgb)) if kind == b"IDAT")
+    first = _chunks(cv_encode(rgb))[0]
     return {
         "rgb": cv_encode(rgb),
         "rgba": cv_encode(rgba),
@@ -64,6 +71,18 @@ def _layouts() -> dict[str, bytes]:
         # 2 x (1 + 65534) bytes: exactly two whole stored blocks, the last one final
         "rows filling whole blocks": cv_encode(np.tile(grey[:2, :1], (1, 65534))),
         "many IDATs, ancillary chunks around them": _split_idat(cv_encode(rgb), 37, before=gamma, after=text),
+        "empty IDATs in the run": _assemble(
+            [
+                first,
+                (b"IDAT", b""),
+                (b"IDAT", stream[:99]),
+                (b"IDAT", b""),
+                (b"IDAT", stream[99:]),
+                (b"IEND", b""),
+            ]
+        ),
+        # libpng only warns about bytes after the stream's end; the copy leaves them out
+        "bytes after the zlib stream": _assemble([first, (b"IDAT", stream + b"trailing"), (b"IEND", b"")]),
     }
 
 
@@ -72,7 +91,8 @@ def test_the_stored_copy_decodes_to_the_files_own_pixels(layout: str) -> None:
     raw = _layouts()[layout]
     stored = stored_rows_png(raw, _row_bytes(raw))
     assert stored is not None
-    assert stored.nbytes > _row_bytes(raw)  # the rows really are in it uncompressed
+    # the copy is a well-formed PNG of its own: zlib finds the very same rows in it
+    assert _inflated(stored.tobytes()) == _inflated(raw)
     np.testing.assert_array_equal(imagecodecs.png_decode(stored), imagecodecs.png_decode(raw))
     flag = cv2.IMREAD_UNCHANGED if raw[25] == 6 else cv2.IMREAD_COLOR
     expected = cv2.imdecode(np.frombuffer(raw, np.uint8), flag)
@@ -95,11 +115,25 @@ def _with_stream(raw: bytes, stream: bytes) -> bytes:
     return _assemble([chunks[0], (b"IDAT", stream), (b"IEND", b"")])
 
 
+def _with_window(raw: bytes, window_log: int) -> bytes:
+    """``raw`` recompressed with a 32 KiB window, under a zlib header declaring a smaller one."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 15)
+    body = compressor.compress(_inflated(raw)) + compressor.flush()
+    cmf = (window_log - 8) << 4 | 8
+    header = bytes([cmf, (31 - cmf * 256 % 31) % 31])
+    return _with_stream(raw, header + body[2:])
+
+
 def _refused() -> dict[str, bytes]:
     raw = cv_encode(textured(60, 80, seed=5))
     stream = b"".join(data for kind, data in _chunks(raw) if kind == b"IDAT")
     rows = zlib.decompress(stream)
     first, *rest = _chunks(raw)
+    # rows of 1201 bytes that repeat: back-references 1201 bytes long, past a 1 KiB window
+    repeating = cv_encode(
+        np.tile(np.random.default_rng(1).integers(0, 255, (1, 400, 3), np.uint8), (40, 1, 1))
+    )
+    fdict = 0x78 * 256 | 0x20
     return {
         "an IDAT with a wrong CRC": _with_idat_crc_flipped(raw),
         "an unknown critical chunk": _assemble([first, (b"ABCD", b"x"), *rest]),
@@ -113,6 +147,12 @@ def _refused() -> dict[str, bytes]:
         "a zlib stream cut short": _with_stream(raw, zlib.compress(rows)[:-40]),
         "a chunk running past the end": raw[:-12] + struct.pack(">I", 1000) + b"tEXt" + b"\0" * 12,
         "no IEND": raw[:-12],
+        "a chunk type with a digit": _assemble([first, (b"a1bc", b"x"), *rest]),
+        "a tRNS chunk": _assemble([first, (b"tRNS", b"\0\1\0\2\0\3"), *rest]),
+        "a preset dictionary": _with_stream(
+            raw, struct.pack(">H", fdict + (31 - fdict % 31) % 31) + bytes(4) + stream[2:]
+        ),
+        "a window smaller than the back-references": _with_window(repeating, 10),
     }
 
 
@@ -120,6 +160,34 @@ def _refused() -> dict[str, bytes]:
 def test_files_the_copy_could_change_are_decoded_as_they_are(case: str) -> None:
     raw = _refused()[case]
     assert stored_rows_png(raw, _row_bytes(raw)) is None
+
+
+def test_a_window_that_holds_the_rows_gets_the_copy() -> None:
+    """A small image's encoder declares a window just over its rows; that file is not refused."""
+    raw = cv_encode(textured(60, 80, seed=5))  # 14 460 bytes of rows
+    assert raw[raw.index(b"IDAT") + 4] >> 4 == 6  # 16 KiB
+    for window_log in (14, 15):
+        recompressed = _with_window(raw, window_log)
+        stored = stored_rows_png(recompressed, _row_bytes(raw))
+        assert stored is not None
+        np.testing.assert_array_equal(imagecodecs.png_decode(stored), imagecodecs.png_decode(recompressed))
+
+
+def test_the_decoder_reads_the_copy_and_not_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong row count would only send every PNG the slow way, with the same pixels."""
+    raw = _layouts()["rgb"]
+    decoded: list[object] = []
+    real = image._png_decode
+
+    def spy(data: bytes | np.ndarray) -> np.ndarray | None:
+        decoded.append(data)
+        return real(data)
+
+    monkeypatch.setattr(image, "_png_decode", spy)
+    assert _decode_png(raw, _probe(raw)) is not None
+    assert len(decoded) == 1
+    assert isinstance(decoded[0], np.ndarray)
+    assert _inflated(decoded[0].tobytes()) == _inflated(raw)
 
 
 def test_rows_over_the_copy_limit_are_decoded_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
