@@ -33,9 +33,20 @@ def _assemble(chunks: list[tuple[bytes, bytes]]) -> bytes:
     return SIGNATURE + b"".join(png_chunk(kind, data) for kind, data in chunks)
 
 
+def _stream(raw: bytes) -> bytes:
+    """The zlib stream split over the file's IDAT chunks."""
+    return b"".join(data for kind, data in _chunks(raw) if kind == b"IDAT")
+
+
 def _inflated(raw: bytes) -> bytes:
     """The rows zlib makes of the file's IDAT stream (bytes after its end ignored)."""
-    return zlib.decompressobj().decompress(b"".join(data for kind, data in _chunks(raw) if kind == b"IDAT"))
+    return zlib.decompressobj().decompress(_stream(raw))
+
+
+def _zlib_header(cmf: int, flags: int = 0) -> bytes:
+    """CMF and FLG with the check bits that make them a multiple of 31."""
+    head = cmf << 8 | flags
+    return struct.pack(">H", head + (31 - head % 31) % 31)
 
 
 def _row_bytes(raw: bytes) -> int:
@@ -47,7 +58,7 @@ def _split_idat(raw: bytes, pieces: int, before: bytes = b"", after: bytes = b""
     """The same file with its zlib stream over ``pieces`` IDAT chunks, ``before`` and ``after``
     (ancillary chunks) around them."""
     chunks = _chunks(raw)
-    stream = b"".join(data for kind, data in chunks if kind == b"IDAT")
+    stream = _stream(raw)
     step = -(-len(stream) // pieces)
     idats = [(b"IDAT", stream[i : i + step]) for i in range(0, len(stream), step)]
     extra_before = _chunks(SIGNATURE + before) if before else []
@@ -61,10 +72,10 @@ def _layouts() -> dict[str, bytes]:
     grey = cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY)
     text = png_chunk(b"tEXt", b"Comment\0made by a test")
     gamma = png_chunk(b"gAMA", struct.pack(">I", 45455))
-    stream = b"".join(data for kind, data in _chunks(cv_encode(rgb)) if kind == b"IDAT")
-    first = _chunks(cv_encode(rgb))[0]
+    plain = cv_encode(rgb)
+    stream, first = _stream(plain), _chunks(plain)[0]
     return {
-        "rgb": cv_encode(rgb),
+        "rgb": plain,
         "rgba": cv_encode(rgba),
         "grey": cv_encode(grey),
         "tiny": cv_encode(rgb[:1, :1]),
@@ -119,21 +130,18 @@ def _with_window(raw: bytes, window_log: int) -> bytes:
     """``raw`` recompressed with a 32 KiB window, under a zlib header declaring a smaller one."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, 15)
     body = compressor.compress(_inflated(raw)) + compressor.flush()
-    cmf = (window_log - 8) << 4 | 8
-    header = bytes([cmf, (31 - cmf * 256 % 31) % 31])
-    return _with_stream(raw, header + body[2:])
+    return _with_stream(raw, _zlib_header((window_log - 8) << 4 | 8) + body[2:])
 
 
 def _refused() -> dict[str, bytes]:
     raw = cv_encode(textured(60, 80, seed=5))
-    stream = b"".join(data for kind, data in _chunks(raw) if kind == b"IDAT")
+    stream = _stream(raw)
     rows = zlib.decompress(stream)
     first, *rest = _chunks(raw)
     # rows of 1201 bytes that repeat: back-references 1201 bytes long, past a 1 KiB window
     repeating = cv_encode(
         np.tile(np.random.default_rng(1).integers(0, 255, (1, 400, 3), np.uint8), (40, 1, 1))
     )
-    fdict = 0x78 * 256 | 0x20
     return {
         "an IDAT with a wrong CRC": _with_idat_crc_flipped(raw),
         "an unknown critical chunk": _assemble([first, (b"ABCD", b"x"), *rest]),
@@ -149,9 +157,7 @@ def _refused() -> dict[str, bytes]:
         "no IEND": raw[:-12],
         "a chunk type with a digit": _assemble([first, (b"a1bc", b"x"), *rest]),
         "a tRNS chunk": _assemble([first, (b"tRNS", b"\0\1\0\2\0\3"), *rest]),
-        "a preset dictionary": _with_stream(
-            raw, struct.pack(">H", fdict + (31 - fdict % 31) % 31) + bytes(4) + stream[2:]
-        ),
+        "a preset dictionary": _with_stream(raw, _zlib_header(0x78, 0x20) + bytes(4) + stream[2:]),
         "a window smaller than the back-references": _with_window(repeating, 10),
     }
 
