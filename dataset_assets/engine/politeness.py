@@ -185,6 +185,10 @@ class HostPoliteness:
                 return
             await asyncio.sleep(start - now)
 
+    def queued(self, host: str) -> bool:
+        """Whether rows of ``host`` wait for its budget (the host's cap is what bounds it)."""
+        return bool(self._state(host).waiting)
+
     def check(self, host: str) -> None:
         """Refuse now if the host was written off while this row waited for something else."""
         self._refuse_if_written_off(self._state(host), host)

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from dataset_assets.engine.fetch import Fetcher
 from dataset_assets.engine.politeness import HostPoliteness, HostRefused, worker_for
 from dataset_assets.engine.runner import download_shard
 from dataset_assets_tests.conftest import NO_POLICY_FILES, local_options, rows
@@ -211,6 +212,37 @@ def test_a_host_with_a_long_queue_still_opens_every_connection_it_may(tmp_path) 
         stats = download_shard(rows(urls), str(tmp_path), options, shard_id=0)
         assert stats.successes == 60, _messages(tmp_path)
         assert server.stats.host().peak_in_flight == 4
+
+
+def test_a_host_with_a_queue_goes_ahead_of_one_image_hosts_in_the_window() -> None:
+    """A head host's rows are the run's critical path (its cap bounds it); served in one line
+    with a long tail's one-image hosts, its backlog ran alone at the end of the run."""
+
+    async def scenario(server: ImageServer) -> list[str]:
+        head, *tail = server.hosts
+        options = local_options(thread_count=1, max_connections_per_host=1, **NO_POLICY_FILES)
+        order: list[str] = []
+        async with Fetcher(options) as fetcher:
+
+            async def row(host: str, n: int) -> None:
+                body = await fetcher.fetch(server.url_for(f"/img/a.jpg?n={n}", host=host))
+                fetcher.window.release(len(body.data))
+                order.append("head" if host == head else "tail")
+
+            # One place in the window: the head host's five rows and five one-image hosts.
+            rows_ = [row(head, n) for n in range(5)] + [row(host, 0) for host in tail]
+            await asyncio.wait_for(asyncio.gather(*rows_), 30)
+        return order
+
+    config = ServerConfig(latency_s=(0.02, 0.02), extra_hosts=5, max_lifetime_s=60)
+    with ImageServer(images={"a.jpg": make_image(1, 64, 48)}, config=config) as server:
+        order = asyncio.run(scenario(server))
+    # Each head row but the last has rows queued behind it, so it waits for the next free place
+    # only (with one connection it is queued just after its previous row leaves the window).
+    # In one line, the head's second row waited behind all five tail rows.
+    tails_before = [order[:k].count("tail") for k, who in enumerate(order) if who == "head"]
+    assert len(tails_before) == 5 and order.count("tail") == 5, order
+    assert all(waited <= n for n, waited in enumerate(tails_before[:4])), order
 
 
 def test_a_turn_given_to_a_cancelled_row_goes_to_the_next() -> None:
