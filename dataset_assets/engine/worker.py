@@ -248,9 +248,12 @@ class ImageHandoff:
         idle_wait = IDLE_POLL_S
         while True:
             try:
-                return self._local.get_nowait(), True
+                job = self._local.get_nowait()
             except queue.Empty:
                 pass
+            else:
+                self._spill()
+                return job, True
             try:
                 return self._shared.get_nowait(), False
             except queue.Empty:
@@ -260,11 +263,36 @@ class ImageHandoff:
             except queue.Empty:
                 idle_wait = min(2 * idle_wait, MAX_IDLE_POLL_S)
 
+    def _spill(self) -> None:
+        """From the image thread: this worker's backlog beyond LOCAL_BACKLOG goes to the shared
+        queue while it has room (only an idle image thread makes room there).
+
+        Why: :meth:`put` sends a body to the shared queue only as it arrives. Once the other
+        workers ran out of rows, the bodies already waiting here (hundreds, as many as the
+        window's bytes allow) were left to this worker's thread alone: on the mixed corpus,
+        one core idled for the last second of a nine-second run.
+        """
+        while self._local.qsize() > LOCAL_BACKLOG and not self._shared.full():
+            try:
+                job = self._local.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._shared.put_nowait(job)
+            except queue.Full:  # another worker took the room first
+                self._local.put(job)
+                return
+            self._give_back(len(job.data))
+
     def done(self, job: ImageJob, local: bool) -> None:
-        """From the image thread: the body leaves the window. The loop is woken only when a
-        request waits for room (see RequestWindow.give_back_from_thread), and once for every
-        image done before it runs."""
-        if not local or not self._window.give_back_from_thread(len(job.data)):
+        """From the image thread: the body leaves the window."""
+        if local:
+            self._give_back(len(job.data))
+
+    def _give_back(self, size: int) -> None:
+        """The loop is woken only when a request waits for room (see
+        RequestWindow.give_back_from_thread), and once for every body given back before it runs."""
+        if not self._window.give_back_from_thread(size):
             return
         with self._wake_lock:
             if self._wake_pending:

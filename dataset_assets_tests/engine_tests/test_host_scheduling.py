@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import multiprocessing
 import time
 from collections.abc import Iterator
 
@@ -15,9 +16,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dataset_assets.engine.fetch import Fetcher
+from dataset_assets.engine.fetch import Fetcher, RequestWindow
 from dataset_assets.engine.politeness import HostPoliteness, HostRefused, worker_for
+from dataset_assets.engine.records import FetchTask
 from dataset_assets.engine.runner import download_shard
+from dataset_assets.engine.worker import ImageHandoff, ImageJob
 from dataset_assets_tests.conftest import NO_POLICY_FILES, local_options, rows
 from dataset_assets_tests.fakeweb.images import make_image
 from dataset_assets_tests.fakeweb.server import ImageServer, ServerConfig
@@ -307,3 +310,44 @@ def test_one_host_still_spreads_image_work_over_every_worker(tmp_path) -> None:
         assert len(stats.rows_per_worker) == 2, stats.rows_per_worker
         assert min(stats.rows_per_worker.values()) >= 16, stats.rows_per_worker
         assert server.stats.host().peak_in_flight <= 16
+
+
+def test_a_workers_backlog_goes_to_idle_image_threads_once_there_is_room() -> None:
+    """Bodies that waited here while every worker was busy are handed on once another image
+    thread is idle; left here, the last of them ran on one core while the others idled."""
+    context = multiprocessing.get_context("spawn")
+    shared = context.Queue(maxsize=4)
+    loop = asyncio.new_event_loop()
+    try:
+        window = RequestWindow(max_requests=64, max_bytes=1 << 20)
+        handoff = ImageHandoff(shared, window, loop)
+
+        async def downloaded(index: int) -> ImageJob:
+            async with window.request() as ticket:
+                ticket.keep(100)
+            return ImageJob(FetchTask(0, index, f"http://127.0.0.1/{index}"), b"x" * 100)
+
+        others = [ImageJob(FetchTask(1, n, "other"), b"") for n in range(4)]
+        for job in others:  # every worker is behind: the shared queue is full
+            shared.put(job)
+        for index in range(10):
+            handoff.put(loop.run_until_complete(downloaded(index)))
+        assert window.held_bytes == 1000  # all ten stayed here
+        first, local = handoff.get()  # an image thread here; no room in the shared queue yet
+        assert (first.task.index, local) == (0, True)
+        assert window.held_bytes == 1000
+        taken = [shared.get(timeout=5) for _ in range(4)]  # another worker's idle thread
+        assert [job.task.shard_id for job in taken] == [1] * 4
+        second, local = handoff.get()
+        assert (second.task.index, local) == (1, True)
+        spilled = sorted(shared.get(timeout=5).task.index for _ in range(4))
+        # Four waiting bodies went to the room there and left this window; two stay here.
+        assert spilled == [2, 3, 4, 5]
+        assert window.held_bytes == 600  # the two being processed, and the four still waiting
+        # The room made by taking them is filled again from here, down to LOCAL_BACKLOG (2).
+        rest = [(job.task.index, local) for job, local in (handoff.get() for _ in range(4))]
+        assert rest == [(6, True), (8, True), (9, True), (7, False)]
+    finally:
+        shared.close()
+        shared.join_thread()
+        loop.close()
