@@ -238,6 +238,9 @@ class RequestWindow:
         self._per_request = float(INITIAL_MEAN_BODY_BYTES)
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._waiters_ahead: collections.deque[asyncio.Future[None]] = collections.deque()
+        # The waiters of the other line, by host, so that a host that gets a queue (see
+        # :meth:`promote`) takes its rows already waiting here ahead with it.
+        self._behind: dict[str, dict[asyncio.Future[None], None]] = {}
         # Bodies given back from another thread (the image stage), not yet counted out here.
         self._given_back: collections.deque[int] = collections.deque()
 
@@ -269,11 +272,12 @@ class RequestWindow:
         return self._in_flight < limit and self._held_bytes < self._max_bytes
 
     @contextlib.asynccontextmanager
-    async def request(self, ahead: bool = False) -> AsyncIterator[BodyTicket]:
+    async def request(self, host: str = "", ahead: bool = False) -> AsyncIterator[BodyTicket]:
         """A place in the window; the ticket's bytes are given back unless the body is kept.
 
-        ``ahead``: the request's host has rows queued behind it for its own budget, so it goes
-        before requests of hosts that have none. Why: such a host can only go as fast as its
+        ``ahead``: ``host`` has rows queued behind this one for its own budget, so it goes
+        before requests of hosts that have none (and one that waits here goes ahead when its
+        host gets a queue, see :meth:`promote`). Why: such a host can only go as fast as its
         connection cap allows, so its rows are the run's critical path, while the rows of a
         long tail's one-image hosts can go at any time. Served in one line, a head host holding
         1 100 of a long tail's 20 000 rows got its 8 places once per ~1 400 waiters while the
@@ -282,7 +286,11 @@ class RequestWindow:
         """
         if self._waiters_ahead or (self._waiters and not ahead) or not self._has_room():
             granted = asyncio.get_running_loop().create_future()
-            (self._waiters_ahead if ahead else self._waiters).append(granted)
+            if ahead:
+                self._waiters_ahead.append(granted)
+            else:
+                self._waiters.append(granted)
+                self._behind.setdefault(host, {})[granted] = None
             self._wake()  # bytes given back by another thread just before we queued
             try:
                 await granted  # _wake counted us in
@@ -291,6 +299,9 @@ class RequestWindow:
                     self._in_flight -= 1  # granted, then cancelled: pass the place on
                     self._wake()
                 raise
+            finally:
+                if not ahead:
+                    self._forget(host, granted)
         else:
             self._in_flight += 1
         ticket = BodyTicket(self)
@@ -301,6 +312,23 @@ class RequestWindow:
             if not ticket.kept:
                 self._held_bytes -= ticket.bytes
             self._wake()
+
+    def promote(self, host: str) -> None:
+        """``host`` has rows queued for its budget now: its rows waiting here go ahead.
+
+        Why: a host's first row finds no queue (its other rows come just after it), so it
+        waits in the other line, and the host's queue waits behind it for its one connection.
+        """
+        for granted in self._behind.pop(host, ()):
+            if not granted.done():
+                self._waiters_ahead.append(granted)  # its entry in the other line is skipped
+
+    def _forget(self, host: str, granted: asyncio.Future[None]) -> None:
+        waiting = self._behind.get(host)
+        if waiting is not None:
+            waiting.pop(granted, None)
+            if not waiting:
+                del self._behind[host]
 
     def release(self, size: int) -> None:
         self._held_bytes -= size
@@ -338,10 +366,13 @@ class Fetcher:
         self._options = options
         self._session: aiohttp.ClientSession | None = None
         self._disallowed = tuple(d.lower() for d in options.disallowed_header_directives)
-        self._hosts = HostPoliteness(
-            options.max_connections_per_host, options.requests_per_second_per_host, options.host_failure_limit
-        )
         self.window = RequestWindow(options.thread_count, MAX_HELD_BODY_BYTES)
+        self._hosts = HostPoliteness(
+            options.max_connections_per_host,
+            options.requests_per_second_per_host,
+            options.host_failure_limit,
+            on_queue=self.window.promote,
+        )
         self._policy_window = asyncio.Semaphore(min(options.thread_count, MAX_POLICY_LOADS))
         # (origin, file path) -> when asked, the file's rules; one request per file per origin.
         self._policies: dict[tuple[str, str], tuple[float, asyncio.Future[PolicyFile]]] = {}
@@ -392,7 +423,8 @@ class Fetcher:
                 first = _checked_url(url, self._options.allow_private_addresses)
                 if self._policy_paths:
                     await self._check_policies(first)
-                async with self._hosts.turn(host), self.window.request(self._hosts.queued(host)) as ticket:
+                hosts = self._hosts  # queued() is asked once the row holds its host's turn
+                async with hosts.turn(host), self.window.request(host, hosts.queued(host)) as ticket:
                     self._hosts.check(host)
                     read = functools.partial(self._read_image, ticket=ticket)
                     sent = time.monotonic()

@@ -25,7 +25,7 @@ import contextlib
 import math
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -82,7 +82,10 @@ class HostPoliteness:
         requests_per_second: float | None,
         failure_limit: int,
         max_wait_s: float = MAX_BACKOFF_WAIT_S,
+        on_queue: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_queue(host)``: called when rows of ``host`` start to wait for its turn."""
+        self._on_queue = on_queue
         self._max_connections = max_connections
         self._interval = 1.0 / requests_per_second if requests_per_second else 0.0
         self._failure_limit = failure_limit
@@ -104,12 +107,14 @@ class HostPoliteness:
         needed = math.ceil(demand * state.answer_s / DRAIN_S)
         return max(1, min(self._max_connections, max(needed, state.reached)))
 
-    async def _acquire(self, state: _HostState) -> None:
+    async def _acquire(self, host: str, state: _HostState) -> None:
         if not state.waiting and state.active < self._allowed(state):
             self._take(state)
             return
         granted = asyncio.get_running_loop().create_future()
         state.waiting.append(granted)
+        if len(state.waiting) == 1 and self._on_queue is not None:
+            self._on_queue(host)
         self._hand_out(state)  # a longer queue may warrant another connection
         try:
             await granted
@@ -149,7 +154,7 @@ class HostPoliteness:
         """
         state = self._state(host)
         self._refuse_if_written_off(state, host)
-        await self._acquire(state)
+        await self._acquire(host, state)
         try:
             await self._wait_for_start(host, state)
             yield

@@ -248,6 +248,40 @@ def test_a_host_with_a_queue_goes_ahead_of_one_image_hosts_in_the_window() -> No
     assert all(waited <= n for n, waited in enumerate(tails_before[:4])), order
 
 
+def test_a_host_that_gets_a_queue_takes_its_waiting_row_ahead() -> None:
+    """A host's first row finds no queue (its other rows come just after it) and waits behind
+    one-image hosts; when the rest of its rows queue for its one connection, it goes ahead."""
+
+    async def scenario(server: ImageServer) -> list[str]:
+        blocker, head, *tail = server.hosts
+        options = local_options(thread_count=1, max_connections_per_host=1, **NO_POLICY_FILES)
+        order: list[str] = []
+        async with Fetcher(options) as fetcher:
+
+            async def row(host: str, n: int) -> None:
+                body = await fetcher.fetch(server.url_for(f"/img/a.jpg?n={n}", host=host))
+                fetcher.window.release(len(body.data))
+                order.append({blocker: "blocker", head: "head"}.get(host, "tail"))
+
+            # Each sleep(0) lets the rows just made reach the window's line.
+            rows_ = [asyncio.create_task(row(blocker, 0))]  # takes the one place
+            await asyncio.sleep(0)
+            rows_ += [asyncio.create_task(row(host, 0)) for host in tail]
+            await asyncio.sleep(0)
+            rows_.append(asyncio.create_task(row(head, 0)))  # no queue yet: behind the tail
+            await asyncio.sleep(0)
+            rows_ += [asyncio.create_task(row(head, n)) for n in range(1, 4)]
+            await asyncio.wait_for(asyncio.gather(*rows_), 30)
+        return order
+
+    config = ServerConfig(latency_s=(0.02, 0.02), extra_hosts=6, max_lifetime_s=60)
+    with ImageServer(images={"a.jpg": make_image(1, 64, 48)}, config=config) as server:
+        order = asyncio.run(scenario(server))
+    assert sorted(order) == ["blocker"] + ["head"] * 4 + ["tail"] * 5, order
+    # Without the promotion the head's first row came after all five tail rows.
+    assert order.index("head") == 1, order
+
+
 def test_a_turn_given_to_a_cancelled_row_goes_to_the_next() -> None:
     async def scenario() -> list[str]:
         hosts = HostPoliteness(max_connections=8, requests_per_second=None, failure_limit=5)
