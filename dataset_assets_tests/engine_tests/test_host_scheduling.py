@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import multiprocessing
+import resource
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -385,3 +389,36 @@ def test_a_workers_backlog_goes_to_idle_image_threads_once_there_is_room() -> No
         shared.close()
         shared.join_thread()
         loop.close()
+
+
+_LOW_OPEN_FILES_RUN = """
+import json, resource, sys
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard))
+from dataset_assets.engine.runner import download_shard
+from dataset_assets_tests.conftest import NO_POLICY_FILES, local_options, rows
+options = local_options(thread_count=128, **NO_POLICY_FILES, output_format="parquet")
+stats = download_shard(rows(json.loads(sys.argv[2])), sys.argv[3], options, shard_id=0)
+print(json.dumps([stats.successes, stats.count]))
+"""
+
+
+def test_a_worker_started_under_a_low_open_files_limit_raises_it(tmp_path) -> None:
+    """Many systems start processes with a soft limit of 1024 open files (macOS 256); a worker
+    holding more connections than that failed each one past it with EMFILE (a host failure)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 256:
+        pytest.skip(f"the hard limit on open files here is {hard}")
+    config = ServerConfig(latency_s=(0.3, 0.3), extra_hosts=79, max_lifetime_s=120)
+    with ImageServer(images={"a.jpg": make_image(1, 64, 48)}, config=config) as server:
+        # 80 hosts answering in 0.3 s: about 80 connections open at once in one worker.
+        urls = [server.url_for(f"/img/a.jpg?n={n}", host=host) for host in server.hosts for n in range(2)]
+        done = subprocess.run(
+            [sys.executable, "-c", _LOW_OPEN_FILES_RUN, "64", json.dumps(urls), str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [160, 160], _messages(tmp_path)

@@ -19,6 +19,7 @@ import time
 import urllib.request
 from types import TracebackType
 
+from dataset_assets.engine.worker import raise_open_files_limit
 from dataset_assets_tests.fakeweb.server import (
     DEFAULT_ROBOTS_TXT,
     STATS_PATH,
@@ -191,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # One server process holds every client's connections: a long tail's two workers keep
+    # more than 1 024 open at once, a common soft limit.
+    raise_open_files_limit()
 
     config = ServerConfig(
         latency_s=(args.latency[0], args.latency[1]),
