@@ -221,29 +221,41 @@ def test_a_host_with_a_long_queue_still_opens_every_connection_it_may(tmp_path) 
         assert server.stats.host().peak_in_flight == 4
 
 
-def test_a_host_with_a_queue_goes_ahead_of_one_image_hosts_in_the_window() -> None:
-    """A head host's rows are the run's critical path (its cap bounds it); served in one line
-    with a long tail's one-image hosts, its backlog ran alone at the end of the run."""
+def _completion_order(roles: list[str], waves: list[list[tuple[str, int]]]) -> list[str]:
+    """Fetch rows of loopback hosts named by role, with one place in the window and one
+    connection a host, wave after wave (each reaches the window's line before the next
+    starts); the roles, digits dropped, in the order their rows completed."""
 
     async def scenario(server: ImageServer) -> list[str]:
-        head, *tail = server.hosts
+        host_of = dict(zip(roles, server.hosts, strict=True))
         options = local_options(thread_count=1, max_connections_per_host=1, **NO_POLICY_FILES)
         order: list[str] = []
         async with Fetcher(options) as fetcher:
 
-            async def row(host: str, n: int) -> None:
-                body = await fetcher.fetch(server.url_for(f"/img/a.jpg?n={n}", host=host))
+            async def row(role: str, n: int) -> None:
+                body = await fetcher.fetch(server.url_for(f"/img/a.jpg?n={n}", host=host_of[role]))
                 fetcher.window.release(len(body.data))
-                order.append("head" if host == head else "tail")
+                order.append(role.rstrip("0123456789"))
 
-            # One place in the window: the head host's five rows and five one-image hosts.
-            rows_ = [row(head, n) for n in range(5)] + [row(host, 0) for host in tail]
-            await asyncio.wait_for(asyncio.gather(*rows_), 30)
+            started: list[asyncio.Task[None]] = []
+            for wave in waves:
+                started += [asyncio.create_task(row(role, n)) for role, n in wave]
+                await asyncio.sleep(0)
+            await asyncio.wait_for(asyncio.gather(*started), 30)
         return order
 
-    config = ServerConfig(latency_s=(0.02, 0.02), extra_hosts=5, max_lifetime_s=60)
+    config = ServerConfig(latency_s=(0.02, 0.02), extra_hosts=len(roles) - 1, max_lifetime_s=60)
     with ImageServer(images={"a.jpg": make_image(1, 64, 48)}, config=config) as server:
-        order = asyncio.run(scenario(server))
+        return asyncio.run(scenario(server))
+
+
+TAIL = [f"tail{i}" for i in range(5)]  # five one-image hosts
+
+
+def test_a_host_with_a_queue_goes_ahead_of_one_image_hosts_in_the_window() -> None:
+    """A head host's rows are the run's critical path (its cap bounds it); served in one line
+    with a long tail's one-image hosts, its backlog ran alone at the end of the run."""
+    order = _completion_order(["head", *TAIL], [[("head", n) for n in range(5)] + [(t, 0) for t in TAIL]])
     # Each head row but the last has rows queued behind it, so it waits for the next free place
     # only (with one connection it is queued just after its previous row leaves the window).
     # In one line, the head's second row waited behind all five tail rows.
@@ -255,32 +267,13 @@ def test_a_host_with_a_queue_goes_ahead_of_one_image_hosts_in_the_window() -> No
 def test_a_host_that_gets_a_queue_takes_its_waiting_row_ahead() -> None:
     """A host's first row finds no queue (its other rows come just after it) and waits behind
     one-image hosts; when the rest of its rows queue for its one connection, it goes ahead."""
-
-    async def scenario(server: ImageServer) -> list[str]:
-        blocker, head, *tail = server.hosts
-        options = local_options(thread_count=1, max_connections_per_host=1, **NO_POLICY_FILES)
-        order: list[str] = []
-        async with Fetcher(options) as fetcher:
-
-            async def row(host: str, n: int) -> None:
-                body = await fetcher.fetch(server.url_for(f"/img/a.jpg?n={n}", host=host))
-                fetcher.window.release(len(body.data))
-                order.append({blocker: "blocker", head: "head"}.get(host, "tail"))
-
-            # Each sleep(0) lets the rows just made reach the window's line.
-            rows_ = [asyncio.create_task(row(blocker, 0))]  # takes the one place
-            await asyncio.sleep(0)
-            rows_ += [asyncio.create_task(row(host, 0)) for host in tail]
-            await asyncio.sleep(0)
-            rows_.append(asyncio.create_task(row(head, 0)))  # no queue yet: behind the tail
-            await asyncio.sleep(0)
-            rows_ += [asyncio.create_task(row(head, n)) for n in range(1, 4)]
-            await asyncio.wait_for(asyncio.gather(*rows_), 30)
-        return order
-
-    config = ServerConfig(latency_s=(0.02, 0.02), extra_hosts=6, max_lifetime_s=60)
-    with ImageServer(images={"a.jpg": make_image(1, 64, 48)}, config=config) as server:
-        order = asyncio.run(scenario(server))
+    waves = [
+        [("blocker", 0)],  # takes the one place
+        [(t, 0) for t in TAIL],
+        [("head", 0)],  # no queue yet: it waits behind the tail
+        [("head", n) for n in range(1, 4)],
+    ]
+    order = _completion_order(["blocker", "head", *TAIL], waves)
     assert sorted(order) == ["blocker"] + ["head"] * 4 + ["tail"] * 5, order
     # Without the promotion the head's first row came after all five tail rows.
     assert order.index("head") == 1, order
