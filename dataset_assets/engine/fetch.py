@@ -39,7 +39,7 @@ from dataset_assets.engine.consent.origin_policy import (
 )
 from dataset_assets.engine.consent.robots import MAX_ROBOTS_BYTES
 from dataset_assets.engine.options import MAX_POLICY_LOADS, DownloadOptions
-from dataset_assets.engine.politeness import HostPoliteness, HostRefused, host_key
+from dataset_assets.engine.politeness import KEPT_ALIVE_S, HostPoliteness, HostRefused, host_key
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Status codes worth retrying: the same request may succeed later. 404/403/410 never do.
@@ -393,6 +393,7 @@ class Fetcher:
             use_dns_cache=True,
             resolver=SafeResolver(options.allow_private_addresses),
             enable_cleanup_closed=True,
+            keepalive_timeout=KEPT_ALIVE_S,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,

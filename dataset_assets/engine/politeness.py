@@ -34,8 +34,11 @@ MAX_BACKOFF_WAIT_S = 60.0
 BASE_BACKOFF_S = 1.0
 # A host's waiting rows should go through in about this long: more connections open only beyond.
 DRAIN_S = 1.0
-# How long a host's connections may stay open unused (aiohttp keeps them alive 15 s).
-KEPT_ALIVE_S = 15.0
+# How long a host's connections may stay open unused (the Fetcher's connector keeps them this
+# long). Why not aiohttp's 15 s: on a long tail an origin's policy files open its connection
+# well before its image's turn in the request window; at 15 s, 20 000 rows over 6 870 origins
+# took about 10 000 connections, at 30 s about 7 150.
+KEPT_ALIVE_S = 30.0
 # Weight of the newest answer time in a host's running estimate.
 ANSWER_TIME_WEIGHT = 0.3
 
