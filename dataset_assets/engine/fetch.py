@@ -424,8 +424,11 @@ class Fetcher:
                 first = _checked_url(url, self._options.allow_private_addresses)
                 if self._policy_paths:
                     await self._check_policies(first)
-                hosts = self._hosts  # queued() is asked once the row holds its host's turn
-                async with hosts.turn(host), self.window.request(host, hosts.queued(host)) as ticket:
+                async with (
+                    self._hosts.turn(host),
+                    # asked once the row holds its host's turn: are rows of the host queued behind it?
+                    self.window.request(host, self._hosts.queued(host)) as ticket,
+                ):
                     self._hosts.check(host)
                     read = functools.partial(self._read_image, ticket=ticket)
                     sent = time.monotonic()
