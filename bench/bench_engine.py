@@ -701,7 +701,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _site_view(server: Any, dns: SlowDns | None) -> dict[str, float]:
     """What the web saw of one run: requests, robots.txt requests, TCP connections accepted, the
-    most connections one host had open at once, and DNS lookups (A queries) for how many names."""
+    most connections open at once to one listening address and to one host name (on the long
+    tail thousands of names share 32 addresses, as sites share a CDN's: the name is the site),
+    and DNS lookups (A queries) for how many names."""
     stats = server.stats()
     view: dict[str, float] = {
         "requests": sum(s.total_requests for s in stats),
@@ -709,6 +711,9 @@ def _site_view(server: Any, dns: SlowDns | None) -> dict[str, float]:
         "connections": sum(h.total_connections for s in stats for h in s.hosts.values()),
         "max_connections_one_host": max(
             (h.peak_connections for s in stats for h in s.hosts.values()), default=0
+        ),
+        "max_connections_one_name": max(
+            (peak for s in stats for peak in s.name_peak_connections.values()), default=0
         ),
     }
     if dns is not None:

@@ -6,6 +6,7 @@ Not a test module itself (pytest collects only test_*.py): it needs ``unshare -n
 
 from __future__ import annotations
 
+import collections
 import json
 import sys
 import tempfile
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from yarl import URL
 
 from bench._common import corpus_name, start_server, write_url_list
 from bench.dns_server import SlowDns
@@ -49,6 +51,7 @@ def main(rows: int = ROWS, names: int = NAMES, lose_first: int = 0) -> int:
             stats = download_shard(urls, str(work / "out"), options, shard_id=0)
             elapsed = time.monotonic() - started
             seen = server.stats()
+            busiest = max(collections.Counter(URL(u).host for u in urls.column("url").to_pylist()).values())
             report = {
                 "rows": rows,
                 "hosts_used": used,
@@ -61,6 +64,11 @@ def main(rows: int = ROWS, names: int = NAMES, lose_first: int = 0) -> int:
                 "robots_txt_requests": sum(s.paths.count("/robots.txt") for s in seen),
                 "tdmrep_requests": sum(s.paths.count("/.well-known/tdmrep.json") for s in seen),
                 "ai_txt_requests": sum(s.paths.count("/ai.txt") for s in seen),
+                "max_connections_one_name": max(
+                    (peak for s in seen for peak in s.name_peak_connections.values()), default=0
+                ),
+                "busiest_name_rows": busiest,
+                "max_connections_per_host": options.max_connections_per_host,
                 "elapsed_s": elapsed,
             }
     finally:

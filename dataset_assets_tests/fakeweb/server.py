@@ -166,6 +166,10 @@ class ServerStats:
     user_agents: dict[str, int] = field(default_factory=dict)
     first_seen: dict[str, list[float]] = field(default_factory=dict)
     """Monotonic times of the requests to each /hostile/ path (to check backoff windows)."""
+    name_peak_connections: dict[str, int] = field(default_factory=dict)
+    """The most connections open at once whose first request named each Host (as sent, port
+    included). Many names can share one listening address, as sites share a CDN's address:
+    this is what each of those sites saw, where :attr:`hosts` counts per address."""
 
     def host(self, host: str = "127.0.0.1") -> HostStats:
         """Counters for ``host``; zeros if it never saw a connection."""
@@ -182,6 +186,7 @@ class ServerStats:
             paths=list(data["paths"]),
             user_agents=dict(data["user_agents"]),
             first_seen={k: list(v) for k, v in data.get("first_seen", {}).items()},
+            name_peak_connections=dict(data.get("name_peak_connections", {})),
         )
 
 
@@ -210,6 +215,10 @@ class _Recorder:
             self._paths: collections.deque[str] = collections.deque(maxlen=self._max_paths)
             self._agents: collections.Counter[str] = collections.Counter()
             self._times: dict[str, list[float]] = {}
+            self._names_open: collections.Counter[str] = collections.Counter(
+                {n: c for n, c in getattr(self, "_names_open", {}).items() if c > 0}
+            )
+            self._names_peak: dict[str, int] = dict(self._names_open)
 
     def _host(self, host: str) -> HostStats:
         s = self._hosts.get(host)
@@ -228,6 +237,15 @@ class _Recorder:
         with self._lock:
             s = self._host(host)
             s.connections = max(0, s.connections - 1)
+
+    def name_connection_opened(self, name: str) -> None:
+        with self._lock:
+            self._names_open[name] += 1
+            self._names_peak[name] = max(self._names_peak.get(name, 0), self._names_open[name])
+
+    def name_connection_closed(self, name: str) -> None:
+        with self._lock:
+            self._names_open[name] = max(0, self._names_open[name] - 1)
 
     def request_started(self, host: str, path: str, user_agent: str) -> None:
         with self._lock:
@@ -254,6 +272,7 @@ class _Recorder:
                 paths=list(self._paths),
                 user_agents=dict(self._agents),
                 first_seen={k: list(v) for k, v in self._times.items()},
+                name_peak_connections=dict(self._names_peak),
             )
 
 
@@ -330,6 +349,7 @@ class ImageServer(_UrlMixin):
         self._stopped = threading.Event()
         self._start_error: BaseException | None = None
         self._conn_hosts: dict[object, str] = {}
+        self._conn_names: dict[object, str] = {}  # connection -> Host its first request named
         self.stopped_by_watchdog = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -512,6 +532,9 @@ class ImageServer(_UrlMixin):
             host = self._conn_hosts.pop(handler, None)
             if host is not None:
                 self._recorder.connection_closed(host)
+            name = self._conn_names.pop(handler, None)
+            if name is not None:
+                self._recorder.name_connection_closed(name)
             lost(handler, exc)
 
         server.connection_made = connection_made  # type: ignore[method-assign]
@@ -524,6 +547,10 @@ class ImageServer(_UrlMixin):
         if request.path == STATS_PATH:
             return await handler(request)
         host = _local_host(request.transport)
+        handler_of_connection = request.protocol
+        if handler_of_connection in self._conn_hosts and handler_of_connection not in self._conn_names:
+            name = self._conn_names[handler_of_connection] = request.host
+            self._recorder.name_connection_opened(name)
         self._recorder.request_started(host, request.path_qs, request.headers.get("User-Agent", ""))
         try:
             lo, hi = self.config.latency_s
