@@ -383,6 +383,46 @@ def quality_report(
     return report
 
 
+def report_ceiling(
+    corpus: Path, corpus_size: int, sample: int, cores: int, summary: dict[str, dict[str, float]]
+) -> dict[str, float]:
+    """Print the CPU ceiling and where each of our variants stands against it."""
+    print("\n== CPU ceiling (ImageProcessor.process in one process: probe, exif, decode, resize, encode) ==")
+    ceiling = cpu_ceiling(corpus, corpus_size, sample, cores)
+    total = ceiling["per_core"] * cores
+    print(
+        f"  {ceiling['per_core']:.0f} img/s per core ({ceiling['ms_per_image']:.2f} ms/img over "
+        f"{ceiling['images']} images) x {cores} cores = {total:.0f} img/s; measured with {cores} "
+        f"processes at once: {ceiling['all_cores']:.0f} img/s"
+    )
+    reference_total = 1000 / ceiling["reference_ms_per_image"] * cores
+    print(
+        f"  reference pipeline (full decode, area/lanczos on every channel, jpg q{QUALITY}; what "
+        f"img2dataset computes): {ceiling['reference_ms_per_image']:.2f} ms/img on one core x "
+        f"{cores} cores = {reference_total:.0f} img/s"
+    )
+    for variant in ("a", "c"):
+        if variant in summary:
+            got = summary[variant]["images_per_s"]
+            # The image server runs on the same cores; what is left of them is the fair ceiling.
+            server_cores = got * summary[variant]["server_cpu_ms_per_image"] / 1000
+            left = ceiling["per_core"] * max(0.0, cores - server_cores)
+            # Robust to other load on the machine: CPU per image, ours + the server's, vs the ceiling's.
+            own_ms = summary[variant]["cpu_ms_per_image"]
+            server_ms = summary[variant]["server_cpu_ms_per_image"]
+            measured = got / ceiling["all_cores"]
+            print(
+                f"  ours ({variant}): {got / total:.0%} of the ceiling ({measured:.0%} of the "
+                f"all-cores measurement); the image server used "
+                f"{server_cores:.2f} cores meanwhile, so {got / left:.0%} of the ceiling of the "
+                f"{cores - server_cores:.2f} cores left to us; by CPU time, {ceiling['ms_per_image']:.2f} / "
+                f"({own_ms:.2f} + {server_ms:.2f} server) ms/img = "
+                f"{ceiling['ms_per_image'] / (own_ms + server_ms):.0%}; "
+                f"{got / reference_total:.0%} of the reference pipeline's ceiling"
+            )
+    return ceiling | {"total": total}
+
+
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_engine", description=__doc__.splitlines()[0])
@@ -425,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the last round's outputs")
     parser.add_argument("--run-timeout", type=float, default=1200.0, help="limit per measured run, s")
     parser.add_argument("--quality-sample", type=int, default=2000, help="keys for PSNR (0 = all)")
-    parser.add_argument("--ceiling-sample", type=int, default=2000, help="images for the CPU ceiling")
+    parser.add_argument("--ceiling-sample", type=int, default=2000, help="CPU ceiling images (0: none)")
     parser.add_argument(
         "--max-other-load",
         type=float,
@@ -639,39 +679,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{mean_latency:g} s = {polite:.0f} img/s (target >= 67 %, every row stored)"
                 )
 
-    print("\n== CPU ceiling (ImageProcessor.process in one process: probe, exif, decode, resize, encode) ==")
-    ceiling = cpu_ceiling(corpus, corpus_size, args.ceiling_sample, cores)
-    total = ceiling["per_core"] * cores
-    print(
-        f"  {ceiling['per_core']:.0f} img/s per core ({ceiling['ms_per_image']:.2f} ms/img over "
-        f"{ceiling['images']} images) x {cores} cores = {total:.0f} img/s; measured with {cores} "
-        f"processes at once: {ceiling['all_cores']:.0f} img/s"
-    )
-    reference_total = 1000 / ceiling["reference_ms_per_image"] * cores
-    print(
-        f"  reference pipeline (full decode, area/lanczos on every channel, jpg q{QUALITY}; what "
-        f"img2dataset computes): {ceiling['reference_ms_per_image']:.2f} ms/img on one core x "
-        f"{cores} cores = {reference_total:.0f} img/s"
-    )
-    for variant in ("a", "c"):
-        if variant in summary:
-            got = summary[variant]["images_per_s"]
-            # The image server runs on the same cores; what is left of them is the fair ceiling.
-            server_cores = got * summary[variant]["server_cpu_ms_per_image"] / 1000
-            left = ceiling["per_core"] * max(0.0, cores - server_cores)
-            # Robust to other load on the machine: CPU per image, ours + the server's, vs the ceiling's.
-            own_ms = summary[variant]["cpu_ms_per_image"]
-            server_ms = summary[variant]["server_cpu_ms_per_image"]
-            measured = got / ceiling["all_cores"]
-            print(
-                f"  ours ({variant}): {got / total:.0%} of the ceiling ({measured:.0%} of the "
-                f"all-cores measurement); the image server used "
-                f"{server_cores:.2f} cores meanwhile, so {got / left:.0%} of the ceiling of the "
-                f"{cores - server_cores:.2f} cores left to us; by CPU time, {ceiling['ms_per_image']:.2f} / "
-                f"({own_ms:.2f} + {server_ms:.2f} server) ms/img = "
-                f"{ceiling['ms_per_image'] / (own_ms + server_ms):.0%}; "
-                f"{got / reference_total:.0%} of the reference pipeline's ceiling"
-            )
+    ceiling: dict[str, float] = {}
+    if args.ceiling_sample > 0:
+        ceiling = report_ceiling(corpus, corpus_size, args.ceiling_sample, cores, summary)
 
     print("\n== output quality (last round) ==")
     quality: dict[str, Any] = {}
@@ -688,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
             "img2dataset": i2d_version,
             "summary": summary,
             "runs": {v: [r.__dict__ | {"output_tail": ""} for r in rs] for v, rs in results.items()},
-            "ceiling": ceiling | {"total": total},
+            "ceiling": ceiling,
             "quality": quality,
         }
         args.json.write_text(json.dumps(payload, indent=2, default=str))

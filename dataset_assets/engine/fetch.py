@@ -359,6 +359,29 @@ class RequestWindow:
                 waiter.set_result(None)
 
 
+def client_session(options: DownloadOptions) -> aiohttp.ClientSession:
+    """The one HTTP client a worker uses (create it inside the worker's running loop)."""
+    connector = aiohttp.TCPConnector(
+        # The host budget and the request window bound connections before a request's
+        # deadline starts; the connector's own per-host cap is only a safety net for
+        # redirects to other hosts (a wait inside it would count against the deadline).
+        limit=0,
+        limit_per_host=options.max_connections_per_host,
+        ttl_dns_cache=None,  # one lookup per name per run (its rows all come to this worker)
+        use_dns_cache=True,
+        resolver=SafeResolver(options.allow_private_addresses),
+        enable_cleanup_closed=True,
+        keepalive_timeout=KEPT_ALIVE_S,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers={"User-Agent": user_agent(options.user_agent_token), "Accept": "image/*,*/*;q=0.5"},
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None),
+        auto_decompress=True,
+    )
+
+
 class Fetcher:
     """Downloads URLs within one event loop; create and use it inside a worker process."""
 
@@ -382,26 +405,7 @@ class Fetcher:
         self._product_tokens = tuple(dict.fromkeys(t.lower() for t in tokens if t))
 
     async def __aenter__(self) -> Fetcher:
-        options = self._options
-        connector = aiohttp.TCPConnector(
-            # The host budget and the request window bound connections before a request's
-            # deadline starts; the connector's own per-host cap is only a safety net for
-            # redirects to other hosts (a wait inside it would count against the deadline).
-            limit=0,
-            limit_per_host=options.max_connections_per_host,
-            ttl_dns_cache=None,  # one lookup per name per run (its rows all come to this worker)
-            use_dns_cache=True,
-            resolver=SafeResolver(options.allow_private_addresses),
-            enable_cleanup_closed=True,
-            keepalive_timeout=KEPT_ALIVE_S,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers={"User-Agent": user_agent(options.user_agent_token), "Accept": "image/*,*/*;q=0.5"},
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None),
-            auto_decompress=True,
-        )
+        self._session = client_session(self._options)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
