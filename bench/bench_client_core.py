@@ -4,8 +4,8 @@ Why this exists: the long tail is CPU-bound, and the event loops' share of it is
 HTTP client. Replacing aiohttp (for example with an asyncio protocol of our own for image GETs)
 is a large, risky change (TLS, chunked bodies, encodings, redirects, proxies), so its best case
 is measured first. The "raw" client here is that best case: one GET per write, a response
-parsed for its status line and Content-Length only, nothing else. No real client can cost
-less. aiohttp runs as the engine's workers configure it (:func:`client_session`).
+read for its Content-Length and body only, nothing else. No real client can cost less.
+aiohttp runs as the engine's workers configure it (:func:`client_session`).
 
 Both clients fetch the same image from the test server (its own process, on 127.0.0.1), with
 a new connection per request (as a long tail's one-image hosts need) and with several requests
@@ -38,7 +38,10 @@ CLIENTS = ("aiohttp", "raw")
 
 
 class _OneResponse(asyncio.Protocol):
-    """Reads one response after another: status line, Content-Length, body; nothing else."""
+    """Reads one response after another: its Content-Length, then that many bytes; nothing else.
+
+    Whether what came back is the whole image is checked on the total bytes received.
+    """
 
     def __init__(self) -> None:
         self.buffer = bytearray()
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         help="what one long-tail image costs on the wire (the bench's connections and requests / images)",
     )
     args = parser.parse_args(argv)
+    if args.requests < 1 or min(args.per_connection) < 1:
+        parser.error("--requests and --per-connection take numbers >= 1")
     with tempfile.TemporaryDirectory() as root:
         Path(root, "x.jpg").write_bytes(os.urandom(BODY_BYTES))
         with serve_in_subprocess(root, ServerConfig(max_lifetime_s=1800.0)) as server:
