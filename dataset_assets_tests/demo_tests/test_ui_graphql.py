@@ -44,6 +44,7 @@ pytestmark = pytest.mark.slow
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WEBSERVER_LIFETIME_S = 600  # `timeout` kills the webserver's process group after this, whatever happens
 STARTUP_S = 180.0
+STOP_S = 90.0  # the demo escalates to SIGKILL on dagster dev within ~45 s of Ctrl-C
 SHARD_ROWS = 26  # 100 images + the demo's warts: four shards, the warts in the last (22/26 stored)
 BROKEN = "00001"
 
@@ -321,12 +322,47 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _group_state(pgid: int) -> dict[int, str]:
+    """Each live process of the group: its state (R, S, D, Z...), the kernel function it waits
+    in, and its command line: what tells a hang at shutdown apart (which process waits, on what)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[2]) != pgid:
+                continue
+            wchan = (entry / "wchan").read_text()
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        found[int(entry.name)] = f"{fields[0]} {wchan} {argv[:120]}"
+    return found
+
+
+def _hang_report(pgid: int, log: Path) -> str:
+    """The group's processes, then every Python thread's stack: SIGABRT makes each Python
+    process of the group (started with PYTHONFAULTHANDLER=1) write its stacks into the log."""
+    state = _group_state(pgid)
+    for pid, what in state.items():
+        if " -m dataset_assets.demo " in what or " -m dagster" in what:  # dev, webserver, daemon
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGABRT)
+    time.sleep(3.0)
+    return f"its process group: {state}; the log ends:\n" + "\n".join(
+        log.read_text(errors="replace").splitlines()[-150:]
+    )
+
+
 def test_demo_ui_flag_serves_the_images_until_the_ui_stops(tmp_path: Path) -> None:
     """`python -m dataset_assets.demo --ui`: the demo, then `dagster dev` on its instance with the
     image server still up; one SIGINT to the demo stops the UI, then the image server."""
     port = _free_port()
     log = tmp_path / "demo.log"
     env = {k: v for k, v in os.environ.items() if k not in ("DATASET_SPEC", "DAGSTER_HOME")}
+    env["PYTHONFAULTHANDLER"] = "1"  # a hang is reported with every thread's stack (_hang_report)
     argv = [sys.executable, "-m", "dataset_assets.demo", "--images", "60", "--dir", str(tmp_path / "demo")]
     argv += ["--ui", "--ui-port", str(port)]
     with log.open("wb") as out:
@@ -351,7 +387,11 @@ def test_demo_ui_flag_serves_the_images_until_the_ui_stops(tmp_path: Path) -> No
         os.kill(demo.pid, signal.SIGINT)  # timeout sends it on to its group, as a terminal's Ctrl-C
         time.sleep(1.0)
         os.killpg(demo.pid, signal.SIGINT)  # an impatient second Ctrl-C, during the shutdown
-        assert demo.wait(90) == 0
+        try:
+            code = demo.wait(STOP_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the demo did not stop within {STOP_S:g}s of Ctrl-C; {_hang_report(demo.pid, log)}")
+        assert code == 0
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(demo.pid, signal.SIGKILL)
