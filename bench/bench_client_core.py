@@ -49,9 +49,6 @@ class _OneResponse(asyncio.Protocol):
         self.answer: asyncio.Future[bytes] | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         if self.body_size is None:
